@@ -1,0 +1,16 @@
+//! sse-relay: subscribe to Server-Sent Events streams and ship every event, in
+//! order and without loss, into files, stdout and other sinks.
+//!
+//! The data flow, and the module that owns each step:
+//!
+//! ```text
+//! config ──► supervisor ──► stream (HTTP, reconnects) ──► sse::Parser
+//!                                   │ events
+//!                                   ▼
+//!                         route (filters) ──► sink queues ──► sink (write + ack)
+//!                                                                  │ acks
+//!                                                                  ▼
+//!                                                             checkpoint
+//! ```
+
+pub mod sse;
