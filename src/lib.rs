@@ -13,4 +13,14 @@
 //!                                                             checkpoint
 //! ```
 
+pub mod ack;
+pub mod check;
+pub mod checkpoint;
+pub mod config;
+pub mod demo;
+pub mod record;
+pub mod route;
+pub mod sink;
 pub mod sse;
+pub mod stream;
+pub mod supervisor;

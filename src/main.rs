@@ -1,1 +1,316 @@
-fn main() {}
+//! The `sse-relay` command line: parses arguments, sets up logging and signals,
+//! and hands over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use reqwest::header::{HeaderName, HeaderValue};
+
+use sse_relay::config::{self, Config, Encoding, SinkConfig, SinkKind, StreamConfig, WhenFull};
+use sse_relay::demo::DemoSource;
+use sse_relay::supervisor::{self, Checkpoints, Shutdown};
+use sse_relay::{check, sse};
+
+#[derive(Parser)]
+#[command(
+    name = "sse-relay",
+    version,
+    about = "Relay Server-Sent Events streams into files, stdout and other sinks, in order and without loss"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log level or filter (e.g. `debug`, `sse_relay=debug`); RUST_LOG wins if set.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the streams and sinks of a configuration until stopped.
+    Run {
+        #[arg(long, short, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Validate a configuration and show what `run` would do.
+    Check {
+        #[arg(long, short, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Subscribe to one URL and print its events to stdout (no config needed).
+    Tail {
+        url: String,
+        /// Extra request header, `Name: value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Start after this event id (sent as Last-Event-ID).
+        #[arg(long)]
+        last_event_id: Option<String>,
+        /// `json`: one output record per line; `data`: the event data only.
+        #[arg(long, value_enum, default_value_t = TailFormat::Json)]
+        format: TailFormat,
+        /// The stream name shown in records.
+        #[arg(long, default_value = "tail")]
+        name: String,
+        /// Reconnect when nothing arrives for this long.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        idle_timeout: Duration,
+        /// Trust this PEM CA bundle for TLS.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Do not verify TLS certificates (dangerous).
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Relay a built-in SSE source on loopback to stdout: reconnects and resume
+    /// in action, no network needed.
+    Demo {
+        /// Events the source serves before it answers 204 and the demo ends.
+        #[arg(long, default_value_t = 20)]
+        events: u64,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TailFormat {
+    Json,
+    Data,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, cli.log_level.as_deref());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Run { config } => run(config).await,
+            Command::Check { config } => match Config::load(&config) {
+                Ok(loaded) => {
+                    print!("{}", check::summary(&config, &loaded));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            },
+            Command::Tail {
+                url,
+                headers,
+                last_event_id,
+                format,
+                name,
+                idle_timeout,
+                ca_file,
+                insecure,
+            } => {
+                let encoding = match format {
+                    TailFormat::Json => Encoding::Json,
+                    TailFormat::Data => Encoding::Data,
+                };
+                let tail = TailArgs {
+                    url,
+                    headers,
+                    last_event_id,
+                    name,
+                    idle_timeout,
+                    ca_file,
+                    insecure,
+                };
+                match tail.config(encoding) {
+                    Ok(config) => relay(&config, Checkpoints::InMemory).await,
+                    Err(e) => fail(e),
+                }
+            }
+            Command::Demo { events } => demo(events).await,
+        }
+    })
+}
+
+fn fail(error: impl std::fmt::Display) -> ExitCode {
+    eprintln!("{error}");
+    ExitCode::FAILURE
+}
+
+async fn run(path: PathBuf) -> ExitCode {
+    match Config::load(&path) {
+        Ok(config) => relay(&config, Checkpoints::OnDisk).await,
+        Err(e) => fail(e),
+    }
+}
+
+async fn relay(config: &Config, checkpoints: Checkpoints) -> ExitCode {
+    let shutdown = Shutdown::default();
+    let signals = tokio::spawn(watch_signals(shutdown.clone()));
+    let result = supervisor::run(config, checkpoints, shutdown).await;
+    signals.abort();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+/// First SIGTERM/SIGINT: drain and exit. Second: stop waiting.
+async fn watch_signals(shutdown: Shutdown) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return;
+    };
+    let first = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!("{first}: stopping streams and draining sinks (a second signal stops at once)");
+    shutdown.drain.cancel();
+    let second = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::warn!("{second} again: stopping now");
+    shutdown.abort.cancel();
+}
+
+async fn demo(events: u64) -> ExitCode {
+    let source = DemoSource {
+        total: events,
+        ..DemoSource::default()
+    };
+    let url = match source.start().await {
+        Ok(url) => url,
+        Err(e) => {
+            return fail(format!(
+                "error: cannot start the demo source on loopback: {e}"
+            ))
+        }
+    };
+    tracing::info!(
+        "demo: relaying {events} events from {url}; the source hangs up every {} events and answers 204 at the end",
+        source.per_connection
+    );
+    let mut stream = stream_defaults(
+        "demo",
+        reqwest::Url::parse(&url).expect("demo url is valid"),
+    );
+    stream.backoff_initial = Duration::from_millis(200);
+    stream.backoff_max = Duration::from_secs(2);
+    stream.idle_timeout = Duration::from_secs(10);
+    let config = single_stream_config(stream, Encoding::Json);
+    relay(&config, Checkpoints::InMemory).await
+}
+
+struct TailArgs {
+    url: String,
+    headers: Vec<String>,
+    last_event_id: Option<String>,
+    name: String,
+    idle_timeout: Duration,
+    ca_file: Option<PathBuf>,
+    insecure: bool,
+}
+
+impl TailArgs {
+    fn config(self, encoding: Encoding) -> Result<Config, String> {
+        let url = reqwest::Url::parse(&self.url)
+            .map_err(|e| format!("error: invalid URL {:?}: {e}", self.url))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!(
+                "error: unsupported URL scheme `{}`; use http:// or https://",
+                url.scheme()
+            ));
+        }
+        let mut stream = stream_defaults(&self.name, url);
+        for header in &self.headers {
+            let (name, value) = header
+                .split_once(':')
+                .ok_or_else(|| format!("error: header {header:?} is not `Name: value`"))?;
+            let name = HeaderName::from_bytes(name.trim().as_bytes())
+                .map_err(|_| format!("error: invalid header name {:?}", name.trim()))?;
+            let mut value = HeaderValue::from_str(value.trim())
+                .map_err(|_| format!("error: invalid value for header `{name}`"))?;
+            value.set_sensitive(true);
+            stream.headers.append(name, value);
+        }
+        stream.initial_last_event_id = self.last_event_id;
+        stream.idle_timeout = self.idle_timeout;
+        stream.ca_file = self.ca_file;
+        stream.tls_insecure = self.insecure;
+        Ok(single_stream_config(stream, encoding))
+    }
+}
+
+fn stream_defaults(name: &str, url: reqwest::Url) -> StreamConfig {
+    StreamConfig {
+        name: name.to_owned(),
+        url,
+        headers: Default::default(),
+        backoff_initial: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(60),
+        idle_timeout: Duration::from_secs(60),
+        connect_timeout: Duration::from_secs(10),
+        retry_max: Duration::from_secs(3600),
+        initial_last_event_id: None,
+        limits: sse::Limits::default(),
+        max_redirects: 10,
+        http2: false,
+        ca_file: None,
+        tls_insecure: false,
+    }
+}
+
+fn single_stream_config(stream: StreamConfig, encoding: Encoding) -> Config {
+    let sink = SinkConfig {
+        name: "stdout".to_owned(),
+        kind: SinkKind::Stdout,
+        inputs: None,
+        event_types: None,
+        queue_size: 1024,
+        when_full: WhenFull::Block,
+        encoding,
+    };
+    Config {
+        data_dir: PathBuf::new(),
+        checkpoint_interval: Duration::from_secs(1),
+        shutdown_timeout: Duration::from_secs(10),
+        streams: [(stream.name.clone(), stream)].into(),
+        sinks: [(sink.name.clone(), sink)].into(),
+    }
+}
+
+fn init_logging(format: LogFormat, level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level.unwrap_or("info")))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    // journald stamps every line itself; a second timestamp is noise.
+    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    match (format, under_journald) {
+        (LogFormat::Json, _) => builder.json().init(),
+        (LogFormat::Text, true) => builder.without_time().with_ansi(false).init(),
+        (LogFormat::Text, false) => builder.init(),
+    }
+}

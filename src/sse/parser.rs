@@ -128,6 +128,11 @@ impl Parser {
         &self.last_event_id
     }
 
+    /// The last event id as the shared string events carry.
+    pub fn last_event_id_shared(&self) -> &Arc<str> {
+        &self.last_event_id
+    }
+
     /// The reconnection time the server asked for with `retry:`, in milliseconds.
     pub fn retry(&self) -> Option<u64> {
         self.retry
@@ -292,20 +297,18 @@ impl Parser {
                 self.event_type.clear();
                 self.event_type.extend_from_slice(value);
             }
-            b"id" => {
-                if memchr::memchr(0, value).is_none() {
-                    self.pending_id = Arc::from(String::from_utf8_lossy(value).as_ref());
-                }
+            // An id holding NUL is ignored.
+            b"id" if memchr::memchr(0, value).is_none() => {
+                self.pending_id = Arc::from(String::from_utf8_lossy(value).as_ref());
             }
-            b"retry" => {
-                if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
-                    // Absurd values saturate here; the stream clamps them to its bounds.
-                    let ms = value.iter().fold(0u64, |acc, d| {
-                        acc.saturating_mul(10).saturating_add(u64::from(d - b'0'))
-                    });
-                    self.retry = Some(ms);
-                    self.block_retry = Some(ms);
-                }
+            // Only ASCII digits make a valid retry.
+            b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                // Absurd values saturate here; the stream clamps them to its bounds.
+                let ms = value.iter().fold(0u64, |acc, d| {
+                    acc.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+                });
+                self.retry = Some(ms);
+                self.block_retry = Some(ms);
             }
             _ => {} // unknown fields are ignored
         }

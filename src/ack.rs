@@ -1,0 +1,179 @@
+//! Acknowledgement tracking: which event of a stream every sink has made durable.
+//!
+//! Each stream numbers its events (a sequence number, `seq`) and routes each to
+//! some of its sinks. A sink acknowledges events in the order it received them.
+//! The stream's checkpoint may name an event only when every sink has
+//! acknowledged it and everything routed to it before: it is the id in effect at
+//! the lowest sequence number acknowledged by a sink that still has events in
+//! flight, or the newest id when no sink has anything in flight.
+//!
+//! This needs O(sinks) memory per stream, not O(events in flight): each sink
+//! remembers the last `seq` routed to it, the last `seq` it acknowledged, and the
+//! id in effect there.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+#[derive(Debug, Clone)]
+struct SinkProgress {
+    routed: u64,
+    acked: u64,
+    acked_id: Arc<str>,
+}
+
+#[derive(Debug)]
+struct State {
+    latest_seq: u64,
+    latest_id: Arc<str>,
+    sinks: Vec<SinkProgress>,
+}
+
+/// The acknowledgement state of one stream, shared by the stream and its sinks.
+#[derive(Debug)]
+pub struct AckTracker {
+    state: Mutex<State>,
+}
+
+impl AckTracker {
+    /// A tracker for a stream routed to `sinks` sinks (slots `0..sinks`),
+    /// resuming from `start_id`.
+    pub fn new(sinks: usize, start_id: &str) -> Self {
+        let start_id: Arc<str> = Arc::from(start_id);
+        let progress = SinkProgress {
+            routed: 0,
+            acked: 0,
+            acked_id: start_id.clone(),
+        };
+        AckTracker {
+            state: Mutex::new(State {
+                latest_seq: 0,
+                latest_id: start_id,
+                sinks: vec![progress; sinks],
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent even if a holder panicked: every update is a
+        // single assignment.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A new event (or an id-only block) with id `id` was dispatched. Returns its
+    /// sequence number.
+    pub fn dispatched(&self, id: &Arc<str>) -> u64 {
+        let mut state = self.lock();
+        state.latest_seq += 1;
+        if !Arc::ptr_eq(&state.latest_id, id) {
+            state.latest_id = id.clone();
+        }
+        state.latest_seq
+    }
+
+    /// The stream's last event id is now `id`, possibly through a block that
+    /// dispatched no event. Once every sink has caught up it becomes the checkpoint.
+    pub fn observe_id(&self, id: &Arc<str>) {
+        let mut state = self.lock();
+        if !Arc::ptr_eq(&state.latest_id, id) && *state.latest_id != **id {
+            state.latest_seq += 1;
+            state.latest_id = id.clone();
+        }
+    }
+
+    /// Event `seq` is about to be queued for the sink in `slot`. Call it before
+    /// the sink can see the event, so the sink is never acknowledged ahead of it.
+    pub fn routed(&self, slot: usize, seq: u64) {
+        let mut state = self.lock();
+        let sink = &mut state.sinks[slot];
+        sink.routed = sink.routed.max(seq);
+    }
+
+    /// The sink in `slot` made every event it was given up to `seq` durable.
+    pub fn acknowledge(&self, slot: usize, seq: u64, id: &Arc<str>) {
+        let mut state = self.lock();
+        let sink = &mut state.sinks[slot];
+        if seq > sink.acked {
+            sink.acked = seq;
+            sink.acked_id = id.clone();
+        }
+    }
+
+    /// The id a restart may safely resume from.
+    pub fn checkpoint(&self) -> Arc<str> {
+        let state = self.lock();
+        state
+            .sinks
+            .iter()
+            .filter(|sink| sink.acked < sink.routed)
+            .min_by_key(|sink| sink.acked)
+            .map_or_else(|| state.latest_id.clone(), |sink| sink.acked_id.clone())
+    }
+
+    /// Events routed to the sink in `slot` and not yet acknowledged, as
+    /// sequence numbers (a bound, not a count: filtered events count too).
+    pub fn in_flight(&self, slot: usize) -> u64 {
+        let state = self.lock();
+        let sink = &state.sinks[slot];
+        sink.routed.saturating_sub(sink.acked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> Arc<str> {
+        Arc::from(s)
+    }
+
+    #[test]
+    fn checkpoint_follows_the_slower_sink() {
+        let tracker = AckTracker::new(2, "0");
+        let mut ids = Vec::new();
+        for n in 1..=5 {
+            let i = id(&n.to_string());
+            let seq = tracker.dispatched(&i);
+            tracker.routed(0, seq);
+            tracker.routed(1, seq);
+            ids.push((seq, i));
+        }
+        assert_eq!(&*tracker.checkpoint(), "0", "nothing acknowledged yet");
+        tracker.acknowledge(0, ids[4].0, &ids[4].1);
+        assert_eq!(&*tracker.checkpoint(), "0", "sink 1 holds it back");
+        tracker.acknowledge(1, ids[1].0, &ids[1].1);
+        assert_eq!(&*tracker.checkpoint(), "2");
+        tracker.acknowledge(1, ids[4].0, &ids[4].1);
+        assert_eq!(&*tracker.checkpoint(), "5");
+    }
+
+    #[test]
+    fn filtered_events_do_not_wait_for_sinks_that_never_got_them() {
+        let tracker = AckTracker::new(2, "");
+        let a = id("a");
+        let seq_a = tracker.dispatched(&a);
+        tracker.routed(0, seq_a);
+        tracker.routed(1, seq_a);
+        tracker.acknowledge(0, seq_a, &a);
+        tracker.acknowledge(1, seq_a, &a);
+        // `b` goes to sink 0 only and is acknowledged there.
+        let b = id("b");
+        let seq_b = tracker.dispatched(&b);
+        tracker.routed(0, seq_b);
+        tracker.acknowledge(0, seq_b, &b);
+        assert_eq!(&*tracker.checkpoint(), "b");
+        // `c` goes to sink 1 only and is still in flight.
+        let c = id("c");
+        let seq_c = tracker.dispatched(&c);
+        tracker.routed(1, seq_c);
+        assert_eq!(&*tracker.checkpoint(), "a", "sink 1 last acknowledged `a`");
+        assert_eq!(tracker.in_flight(1), seq_c - seq_a);
+    }
+
+    #[test]
+    fn a_stream_without_sinks_checkpoints_what_it_saw() {
+        let tracker = AckTracker::new(0, "");
+        tracker.dispatched(&id("7"));
+        assert_eq!(&*tracker.checkpoint(), "7");
+    }
+}

@@ -1,0 +1,92 @@
+//! `sse-relay check`: what a valid configuration would run, and what looks wrong.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use crate::config::{Config, SinkKind};
+use crate::stream::http::redact_url;
+
+/// A human summary of `config`: streams, sinks, routes, then warnings.
+/// It never shows header values or other secrets.
+pub fn summary(path: &Path, config: &Config) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: ok", path.display());
+    let _ = writeln!(out, "state directory: {}", config.data_dir.display());
+    let _ = writeln!(out, "\nstreams ({}):", config.streams.len());
+    for stream in config.streams.values() {
+        let headers: Vec<&str> = stream.headers.keys().map(|k| k.as_str()).collect();
+        let _ = write!(out, "  {:<16} {}", stream.name, redact_url(&stream.url));
+        if !headers.is_empty() {
+            let _ = write!(out, "  headers: {}", headers.join(", "));
+        }
+        let _ = writeln!(
+            out,
+            "  backoff {}..{}, idle_timeout {}",
+            humantime::format_duration(stream.backoff_initial),
+            humantime::format_duration(stream.backoff_max),
+            humantime::format_duration(stream.idle_timeout)
+        );
+    }
+    let _ = writeln!(out, "\nsinks ({}):", config.sinks.len());
+    for sink in config.sinks.values() {
+        let target = match &sink.kind {
+            SinkKind::Stdout => "stdout".to_owned(),
+            SinkKind::File { path, fsync, .. } => format!("file {path} (fsync {fsync:?})"),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<16} {target}, queue {} events",
+            sink.name, sink.queue_size
+        );
+    }
+    let _ = writeln!(out, "\nroutes:");
+    let mut warnings = Vec::new();
+    for stream in config.streams.values() {
+        let sinks: Vec<String> = config
+            .sinks
+            .values()
+            .filter(|sink| sink.takes_stream(&stream.name))
+            .map(|sink| match &sink.event_types {
+                Some(types) => format!("{} (event types: {})", sink.name, types.join(", ")),
+                None => sink.name.clone(),
+            })
+            .collect();
+        if sinks.is_empty() {
+            warnings.push(format!(
+                "stream `{}` goes to no sink: its events are read and discarded",
+                stream.name
+            ));
+            let _ = writeln!(out, "  {} -> (nothing)", stream.name);
+        } else {
+            let _ = writeln!(out, "  {} -> {}", stream.name, sinks.join(", "));
+        }
+        if stream.tls_insecure {
+            warnings.push(format!(
+                "stream `{}` has tls_insecure = true: TLS certificates are not verified",
+                stream.name
+            ));
+        }
+        if stream.url.scheme() == "http" && !stream.headers.is_empty() {
+            warnings.push(format!(
+                "stream `{}` sends headers over plain http://; credentials in them travel unencrypted",
+                stream.name
+            ));
+        }
+        if let Some(ca_file) = &stream.ca_file {
+            if let Err(e) = std::fs::metadata(ca_file) {
+                warnings.push(format!(
+                    "stream `{}`: ca_file {}: {e}",
+                    stream.name,
+                    ca_file.display()
+                ));
+            }
+        }
+    }
+    if !warnings.is_empty() {
+        let _ = writeln!(out);
+        for warning in warnings {
+            let _ = writeln!(out, "warning: {warning}");
+        }
+    }
+    out
+}

@@ -1,0 +1,629 @@
+//! The TOML configuration: schema, `${VAR}` expansion and validation.
+//!
+//! Loading happens in two steps. `serde` + `toml` turn the text into the raw
+//! schema below (unknown keys, missing keys, wrong types and bad durations are
+//! caught here, with their position). Then [`Config::from_raw`] checks what a
+//! schema cannot express (a sink input naming no stream, an unset `${VAR}`, a key
+//! that does not fit the sink's type) and builds the validated [`Config`] the rest
+//! of the program uses. Every error names the file, line, column and key.
+
+// A config error is built once, on the way to exiting; boxing it to keep
+// `Result` small would buy nothing.
+#![allow(clippy::result_large_err)]
+
+mod env;
+mod error;
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use env::{expand, ExpandError};
+pub use error::ConfigError;
+
+use crate::sse::Limits;
+
+/// Where `run` and `check` look for the configuration by default.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/sse-relay/sse-relay.toml";
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The state directory: checkpoints live here.
+    pub data_dir: PathBuf,
+    pub checkpoint_interval: Duration,
+    pub shutdown_timeout: Duration,
+    pub streams: BTreeMap<String, StreamConfig>,
+    pub sinks: BTreeMap<String, SinkConfig>,
+}
+
+/// One `[streams.NAME]` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamConfig {
+    pub name: String,
+    pub url: reqwest::Url,
+    /// Extra request headers; values are marked sensitive so they never print.
+    pub headers: HeaderMap,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// The largest server `retry:` honoured; larger values are clamped to it.
+    pub retry_max: Duration,
+    pub initial_last_event_id: Option<String>,
+    pub limits: Limits,
+    pub max_redirects: usize,
+    pub http2: bool,
+    pub ca_file: Option<PathBuf>,
+    pub tls_insecure: bool,
+}
+
+/// One `[sinks.NAME]` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkConfig {
+    pub name: String,
+    pub kind: SinkKind,
+    /// The streams this sink takes; `None` means all (`inputs = ["*"]`).
+    pub inputs: Option<Vec<String>>,
+    /// Only events of these types reach the sink; `None` means every type.
+    pub event_types: Option<Vec<String>>,
+    pub queue_size: usize,
+    pub when_full: WhenFull,
+    pub encoding: Encoding,
+}
+
+impl SinkConfig {
+    /// Whether events of `stream` are routed to this sink at all.
+    pub fn takes_stream(&self, stream: &str) -> bool {
+        self.inputs
+            .as_ref()
+            .is_none_or(|inputs| inputs.iter().any(|i| i == stream))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkKind {
+    Stdout,
+    File {
+        /// A path that may contain `{stream}`.
+        path: String,
+        fsync: FsyncPolicy,
+        fsync_interval: Duration,
+    },
+}
+
+impl SinkKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SinkKind::Stdout => "stdout",
+            SinkKind::File { .. } => "file",
+        }
+    }
+}
+
+/// What a sink does when its queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// The stream waits (and stops reading its socket): nothing is lost.
+    Block,
+    /// The event is dropped for this sink, counted and logged.
+    DropNewest,
+}
+
+/// How the file sink makes writes durable before acknowledging them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// Acknowledge once written to the operating system: survives a crash of the
+    /// process, not of the machine.
+    Never,
+    /// fsync every `fsync_interval` and acknowledge what it covered: survives
+    /// power loss, acknowledgements lag by up to the interval.
+    Interval,
+    /// fsync after every batch before acknowledging it.
+    EveryBatch,
+}
+
+/// How records are written by stdout and file sinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// One JSON object per line (see `record`).
+    Json,
+    /// The event's data only, one event per line.
+    Data,
+}
+
+// ---------------------------------------------------------------------------
+// The raw schema, exactly as the file spells it.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: Option<Spanned<String>>,
+    #[serde(default, deserialize_with = "duration")]
+    checkpoint_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    shutdown_timeout: Option<Duration>,
+    #[serde(default)]
+    streams: BTreeMap<String, Spanned<RawStream>>,
+    #[serde(default)]
+    sinks: BTreeMap<String, Spanned<RawSink>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStream {
+    url: Spanned<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, Spanned<String>>,
+    #[serde(default, deserialize_with = "duration")]
+    backoff_initial: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    backoff_max: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    retry_max: Option<Duration>,
+    initial_last_event_id: Option<Spanned<String>>,
+    max_line_bytes: Option<usize>,
+    max_event_bytes: Option<usize>,
+    max_redirects: Option<usize>,
+    http2: Option<bool>,
+    ca_file: Option<Spanned<String>>,
+    tls_insecure: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    inputs: Spanned<Vec<Spanned<String>>>,
+    event_types: Option<Vec<String>>,
+    queue_size: Option<Spanned<usize>>,
+    when_full: Option<WhenFull>,
+    encoding: Option<Encoding>,
+    path: Option<Spanned<String>>,
+    fsync: Option<Spanned<FsyncPolicy>>,
+    #[serde(default, deserialize_with = "duration")]
+    fsync_interval: Option<Duration>,
+}
+
+const DURATION_HELP: &str = "durations are written like \"250ms\", \"30s\", \"2m\" or \"1h\"";
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration `{text}`: {e}")))
+}
+
+// ---------------------------------------------------------------------------
+// Loading and validation.
+
+impl Config {
+    /// Reads and validates the configuration at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::file(path, format!("cannot read the configuration: {e}")).with_help(
+                "pass the right file with --config, or create it from config/sse-relay.toml",
+            )
+        })?;
+        Config::parse(path, &source, |name| std::env::var(name).ok())
+    }
+
+    /// Validates `source` as if read from `path`, taking `${VAR}`s from `env`.
+    pub fn parse(
+        path: &Path,
+        source: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(source).map_err(|e| toml_error(path, source, &e))?;
+        Validator {
+            path,
+            source,
+            env: &env,
+        }
+        .config(raw)
+    }
+}
+
+/// Turns a `toml` error into ours, in the words of this file's keys.
+fn toml_error(path: &Path, source: &str, error: &toml::de::Error) -> ConfigError {
+    let message = error.message().trim().to_owned();
+    let span = error.span().unwrap_or(0..0);
+    let mut err = ConfigError::at(path, source, span, &message);
+    if let Some(rest) = message.strip_prefix("unknown field ") {
+        let (key, expected) = rest.split_once(", expected ").unwrap_or((rest, ""));
+        err.message = format!("unknown key {key}");
+        err.key = Some(key.trim_matches('`').to_owned());
+        if !expected.is_empty() {
+            err.help = Some(format!("expected one of: {}", expected.replace('`', "")));
+        }
+    } else if let Some(key) = message.strip_prefix("missing field ") {
+        err.message = format!("missing key {key}");
+        err.key = Some(key.trim_matches('`').to_owned());
+    } else if message.starts_with("invalid duration") {
+        err.help = Some(DURATION_HELP.to_owned());
+    } else if message.starts_with("unknown variant") {
+        err.message = message.replace("unknown variant", "unknown value");
+    }
+    err
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+    source: &'a str,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Validator<'_> {
+    fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        ConfigError::at(self.path, self.source, span, message)
+    }
+
+    /// Expands `${VAR}`s in a string value, pointing at the reference on error.
+    fn expand(&self, value: &Spanned<String>) -> Result<String, ConfigError> {
+        expand(value.get_ref(), |name| (self.env)(name)).map_err(|e| {
+            // +1 skips the opening quote of the TOML string.
+            let at = |offset: usize| value.span().start + 1 + offset;
+            match e {
+                ExpandError::Unset { name, offset } => self
+                    .error(at(offset)..at(offset), format!("environment variable `{name}` is not set"))
+                    .with_help(format!(
+                        "set {name} in the environment (Environment= or EnvironmentFile= under systemd), \
+                         give a default with ${{{name}:-value}}, or write $$ for a literal $"
+                    )),
+                ExpandError::Unclosed { offset } => self
+                    .error(at(offset)..at(offset), "`${` without a closing `}`")
+                    .with_help("write ${NAME}, or $$ for a literal $"),
+            }
+        })
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        if raw.streams.is_empty() {
+            return Err(ConfigError::file(self.path, "no streams are configured")
+                .with_help("add a [streams.NAME] table with a `url`"));
+        }
+        let data_dir = match &raw.data_dir {
+            Some(dir) => PathBuf::from(self.expand(dir)?),
+            None => PathBuf::from("/var/lib/sse-relay"),
+        };
+        let mut streams = BTreeMap::new();
+        for (name, stream) in raw.streams {
+            let span = stream.span();
+            let stream = self.stream(&name, span, stream.into_inner())?;
+            streams.insert(name, stream);
+        }
+        let mut sinks = BTreeMap::new();
+        for (name, sink) in raw.sinks {
+            let span = sink.span();
+            let sink = self.sink(&name, span, sink.into_inner(), &streams)?;
+            sinks.insert(name, sink);
+        }
+        Ok(Config {
+            data_dir,
+            checkpoint_interval: raw.checkpoint_interval.unwrap_or(Duration::from_secs(1)),
+            shutdown_timeout: raw.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
+            streams,
+            sinks,
+        })
+    }
+
+    fn check_name(&self, kind: &str, name: &str, span: Range<usize>) -> Result<(), ConfigError> {
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            && !name.starts_with('.');
+        if valid {
+            Ok(())
+        } else {
+            Err(self
+                .error(span, format!("invalid {kind} name `{name}`"))
+                .with_help("names use letters, digits, `_`, `-` and `.` (they become file names)"))
+        }
+    }
+
+    fn stream(
+        &self,
+        name: &str,
+        span: Range<usize>,
+        raw: RawStream,
+    ) -> Result<StreamConfig, ConfigError> {
+        self.check_name("stream", name, span.clone())?;
+        let url_text = self.expand(&raw.url)?;
+        let url = reqwest::Url::parse(&url_text).map_err(|e| {
+            self.error(raw.url.span(), format!("invalid url: {e}"))
+                .with_key("url")
+                .with_help("write a full URL, e.g. \"https://example.com/events\"")
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(self
+                .error(
+                    raw.url.span(),
+                    format!("unsupported url scheme `{}`", url.scheme()),
+                )
+                .with_key("url")
+                .with_help("use http:// or https://"));
+        }
+        let mut headers = HeaderMap::new();
+        for (header, value) in &raw.headers {
+            let header_name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+                self.error(value.span(), format!("invalid header name `{header}`"))
+                    .with_key(header.clone())
+            })?;
+            let text = self.expand(value)?;
+            let mut header_value = HeaderValue::from_str(&text).map_err(|_| {
+                // The value may hold a secret: say where, never what.
+                self.error(value.span(), format!("invalid value for header `{header}`"))
+                    .with_key(header.clone())
+                    .with_help("header values cannot contain line breaks or control characters")
+            })?;
+            header_value.set_sensitive(true);
+            headers.insert(header_name, header_value);
+        }
+        let backoff_initial = raw.backoff_initial.unwrap_or(Duration::from_secs(1));
+        let backoff_max = raw.backoff_max.unwrap_or(Duration::from_secs(60));
+        if backoff_initial.is_zero() || backoff_initial > backoff_max {
+            return Err(self
+                .error(
+                    span,
+                    "`backoff_initial` must be above zero and at most `backoff_max`",
+                )
+                .with_key("backoff_initial")
+                .with_help(format!(
+                    "they are {} and {}",
+                    humantime::format_duration(backoff_initial),
+                    humantime::format_duration(backoff_max)
+                )));
+        }
+        let idle_timeout = raw.idle_timeout.unwrap_or(Duration::from_secs(60));
+        if idle_timeout.is_zero() {
+            return Err(self
+                .error(span, "`idle_timeout` must be above zero")
+                .with_key("idle_timeout")
+                .with_help("servers send comments as keep-alives; set it above their interval"));
+        }
+        let initial_last_event_id = raw
+            .initial_last_event_id
+            .as_ref()
+            .map(|id| self.expand(id))
+            .transpose()?;
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_line_bytes: raw.max_line_bytes.unwrap_or(defaults.max_line_bytes),
+            max_event_bytes: raw.max_event_bytes.unwrap_or(defaults.max_event_bytes),
+        };
+        let ca_file = raw
+            .ca_file
+            .as_ref()
+            .map(|f| self.expand(f).map(PathBuf::from))
+            .transpose()?;
+        Ok(StreamConfig {
+            name: name.to_owned(),
+            url,
+            headers,
+            backoff_initial,
+            backoff_max,
+            idle_timeout,
+            connect_timeout: raw.connect_timeout.unwrap_or(Duration::from_secs(10)),
+            retry_max: raw.retry_max.unwrap_or(Duration::from_secs(3600)),
+            initial_last_event_id,
+            limits,
+            max_redirects: raw.max_redirects.unwrap_or(10),
+            http2: raw.http2.unwrap_or(false),
+            ca_file,
+            tls_insecure: raw.tls_insecure.unwrap_or(false),
+        })
+    }
+
+    fn sink(
+        &self,
+        name: &str,
+        span: Range<usize>,
+        raw: RawSink,
+        streams: &BTreeMap<String, StreamConfig>,
+    ) -> Result<SinkConfig, ConfigError> {
+        self.check_name("sink", name, span.clone())?;
+        let mut inputs = Vec::new();
+        let mut all = false;
+        for input in raw.inputs.get_ref() {
+            let input_name = input.get_ref();
+            if input_name == "*" {
+                all = true;
+            } else if streams.contains_key(input_name) {
+                inputs.push(input_name.clone());
+            } else {
+                let known: Vec<&str> = streams.keys().map(String::as_str).collect();
+                return Err(self
+                    .error(
+                        input.span(),
+                        format!("sink input `{input_name}` names no stream"),
+                    )
+                    .with_key("inputs")
+                    .with_help(format!(
+                        "configured streams: {}; or use \"*\" for all of them",
+                        known.join(", ")
+                    )));
+            }
+        }
+        if !all && inputs.is_empty() {
+            return Err(self
+                .error(raw.inputs.span(), "sink has no inputs")
+                .with_key("inputs")
+                .with_help("list the streams it takes, or \"*\" for all of them"));
+        }
+        let queue_size = raw.queue_size.as_ref().map_or(1024, |q| *q.get_ref());
+        if queue_size == 0 {
+            let q_span = raw.queue_size.as_ref().map_or(span.clone(), |q| q.span());
+            return Err(self
+                .error(q_span, "`queue_size` must be at least 1")
+                .with_key("queue_size"));
+        }
+        let only_for_file = |key: &str, present: Option<Range<usize>>| match present {
+            Some(at) => Err(self
+                .error(
+                    at,
+                    format!("key `{key}` only applies to sinks of type \"file\""),
+                )
+                .with_key(key.to_owned())),
+            None => Ok(()),
+        };
+        let kind = match raw.kind.get_ref().as_str() {
+            "stdout" => {
+                only_for_file("path", raw.path.as_ref().map(Spanned::span))?;
+                only_for_file("fsync", raw.fsync.as_ref().map(Spanned::span))?;
+                SinkKind::Stdout
+            }
+            "file" => {
+                let path = raw.path.as_ref().ok_or_else(|| {
+                    self.error(span.clone(), "missing key `path` for a file sink")
+                        .with_key("path")
+                        .with_help("e.g. path = \"/var/log/sse-relay/{stream}.jsonl\"")
+                })?;
+                SinkKind::File {
+                    path: self.expand(path)?,
+                    fsync: raw.fsync.map_or(FsyncPolicy::Never, Spanned::into_inner),
+                    fsync_interval: raw.fsync_interval.unwrap_or(Duration::from_secs(1)),
+                }
+            }
+            other => {
+                return Err(self
+                    .error(raw.kind.span(), format!("unknown sink type `{other}`"))
+                    .with_key("type")
+                    .with_help("expected one of: stdout, file"))
+            }
+        };
+        Ok(SinkConfig {
+            name: name.to_owned(),
+            kind,
+            inputs: (!all).then_some(inputs),
+            event_types: raw.event_types,
+            queue_size,
+            when_full: raw.when_full.unwrap_or(WhenFull::Block),
+            encoding: raw.encoding.unwrap_or(Encoding::Json),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(src: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/sse-relay/sse-relay.toml"), src, |name| {
+            (name == "WIKI_TOKEN").then(|| "t0ken".to_owned())
+        })
+    }
+
+    const GOOD: &str = r#"
+data_dir = "/var/lib/sse-relay"
+
+[streams.wiki]
+url = "https://stream.wikimedia.org/v2/stream/recentchange"
+headers = { Authorization = "Bearer ${WIKI_TOKEN}" }
+backoff_initial = "1s"
+backoff_max = "60s"
+idle_timeout = "60s"
+initial_last_event_id = "abc"
+
+[sinks.console]
+type = "stdout"
+inputs = ["*"]
+
+[sinks.archive]
+type = "file"
+inputs = ["wiki"]
+path = "/var/log/sse-relay/{stream}.jsonl"
+"#;
+
+    #[test]
+    fn the_documented_example_loads() {
+        let config = parse(GOOD).unwrap();
+        let wiki = &config.streams["wiki"];
+        assert_eq!(wiki.backoff_max, Duration::from_secs(60));
+        assert_eq!(wiki.initial_last_event_id.as_deref(), Some("abc"));
+        assert_eq!(wiki.headers["authorization"], "Bearer t0ken");
+        assert!(wiki.headers["authorization"].is_sensitive());
+        assert_eq!(config.sinks["console"].inputs, None);
+        assert_eq!(
+            config.sinks["archive"].inputs,
+            Some(vec!["wiki".to_owned()])
+        );
+        assert!(
+            !format!("{config:?}").contains("t0ken"),
+            "secrets must not print"
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_line_table_and_choices() {
+        let src = GOOD.replace("idle_timeout = \"60s\"", "bogus_key = 1");
+        let err = parse(&src).unwrap_err();
+        assert_eq!(err.position, Some((9, 1)));
+        assert_eq!(err.key.as_deref(), Some("bogus_key"));
+        assert_eq!(err.table.as_deref(), Some("streams.wiki"));
+        assert!(err.help.as_deref().unwrap().contains("backoff_initial"));
+        assert!(err.to_string().contains("sse-relay.toml:9:1"));
+    }
+
+    #[test]
+    fn missing_url_is_named() {
+        let err = parse("[streams.a]\nidle_timeout = \"5s\"\n").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("url"));
+        assert_eq!(err.position.map(|p| p.0), Some(1));
+    }
+
+    #[test]
+    fn bad_duration_points_at_value() {
+        let src = GOOD.replace("backoff_max = \"60s\"", "backoff_max = \"sixty\"");
+        let err = parse(&src).unwrap_err();
+        assert_eq!(err.position, Some((8, 15)));
+        assert_eq!(err.key.as_deref(), Some("backoff_max"));
+        assert!(err.help.unwrap().contains("30s"));
+    }
+
+    #[test]
+    fn unset_variable_is_named_without_leaking_others() {
+        let src = GOOD.replace("${WIKI_TOKEN}", "${NOT_SET_ANYWHERE}");
+        let err = parse(&src).unwrap_err();
+        assert!(err.message.contains("NOT_SET_ANYWHERE"), "{err}");
+        assert_eq!(err.position.map(|p| p.0), Some(6));
+        assert_eq!(err.key.as_deref(), Some("headers"));
+    }
+
+    #[test]
+    fn sink_input_must_name_a_stream() {
+        let src = GOOD.replace("inputs = [\"wiki\"]", "inputs = [\"wikii\"]");
+        let err = parse(&src).unwrap_err();
+        assert!(err.message.contains("wikii"));
+        assert_eq!(err.position.map(|p| p.0), Some(18));
+        assert!(err.help.unwrap().contains("wiki"));
+    }
+
+    #[test]
+    fn keys_must_fit_the_sink_type() {
+        let src = GOOD.replace("type = \"stdout\"", "type = \"stdout\"\npath = \"/x\"");
+        let err = parse(&src).unwrap_err();
+        assert!(err.message.contains("path"), "{err}");
+        let src = GOOD.replace("type = \"stdout\"", "type = \"kafka\"");
+        assert!(parse(&src).unwrap_err().message.contains("kafka"));
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let err = parse("[streams.a\nurl = \"http://x\"\n").unwrap_err();
+        assert_eq!(err.position.map(|p| p.0), Some(1));
+    }
+}

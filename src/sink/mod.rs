@@ -1,0 +1,213 @@
+//! Sinks: where records go, and the contract that makes delivery lossless.
+//!
+//! A sink receives [`Delivery`]s from a bounded queue (shared by all the streams
+//! routed to it), writes them, and acknowledges them once they are durable by
+//! its own policy. Acknowledgements move the streams' checkpoints
+//! (see [`crate::ack`]). The loop in [`run`] is shared by every sink type:
+//!
+//! * it takes batches off the queue, in order;
+//! * a failed write is retried with backoff, forever, until it succeeds or the
+//!   daemon is stopped: nothing is skipped, and while it retries the queue fills
+//!   and the streams feeding it stop reading their sockets (backpressure);
+//! * a sink whose writes become durable later (periodic fsync) has its
+//!   acknowledgements held until [`Sink::sync`] says so.
+
+mod file;
+mod stdout;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::ack::AckTracker;
+use crate::record::Record;
+
+pub use file::FileSink;
+pub use stdout::StdoutSink;
+
+/// One record on its way to one sink, with what the sink needs to acknowledge it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub record: Arc<Record>,
+    /// The event's sequence number within its stream.
+    pub seq: u64,
+    pub tracker: Arc<AckTracker>,
+    /// This sink's slot in the stream's tracker.
+    pub slot: usize,
+}
+
+/// What a successful write means for acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Durable now: acknowledge the batch.
+    Durable,
+    /// Written, durable after the next successful [`Sink::sync`].
+    AwaitingSync,
+}
+
+/// A destination for records.
+pub trait Sink: Send + 'static {
+    /// Writes `batch` in order. On error the runner calls again with the same
+    /// batch; a sink that wrote part of it must not write that part twice.
+    /// The sink may take the vector's contents while it works (e.g. to move them
+    /// to a blocking thread) but must put them back before returning.
+    fn write(
+        &mut self,
+        batch: &mut Vec<Delivery>,
+    ) -> impl Future<Output = io::Result<Written>> + Send;
+
+    /// Makes everything written so far durable.
+    fn sync(&mut self) -> impl Future<Output = io::Result<()>> + Send {
+        async { Ok(()) }
+    }
+
+    /// How often [`Sink::sync`] runs, for sinks that answer `AwaitingSync`.
+    fn sync_interval(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// The most deliveries written in one batch.
+const MAX_BATCH: usize = 1024;
+
+/// Runs a sink until its queue closes (every stream feeding it has stopped and
+/// everything queued is written) or `abort` fires.
+pub async fn run<S: Sink>(
+    name: String,
+    mut sink: S,
+    mut queue: mpsc::Receiver<Delivery>,
+    abort: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut awaiting_sync = PendingAcks::default();
+    let mut sync_timer = sink.sync_interval().map(|every| {
+        let mut timer = tokio::time::interval(every);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        timer
+    });
+    loop {
+        tokio::select! {
+            biased;
+            _ = abort.cancelled() => return,
+            received = queue.recv_many(&mut batch, MAX_BATCH) => {
+                if received == 0 {
+                    sync_and_acknowledge(&name, &mut sink, &mut awaiting_sync).await;
+                    return;
+                }
+            }
+            _ = tick(&mut sync_timer) => {
+                sync_and_acknowledge(&name, &mut sink, &mut awaiting_sync).await;
+                continue;
+            }
+        }
+        let mut failures = 0u32;
+        loop {
+            match sink.write(&mut batch).await {
+                Ok(Written::Durable) => {
+                    acknowledge(&batch);
+                    break;
+                }
+                Ok(Written::AwaitingSync) => {
+                    awaiting_sync.add(&batch);
+                    break;
+                }
+                Err(e) => {
+                    failures += 1;
+                    let delay = retry_delay(failures);
+                    tracing::warn!(
+                        sink = %name,
+                        "write failed: {e}; retrying in {:.1}s (attempt {failures}); its streams wait, nothing is skipped",
+                        delay.as_secs_f64()
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = abort.cancelled() => return,
+                    }
+                }
+            }
+        }
+        if failures > 0 {
+            tracing::info!(sink = %name, "write succeeded after {failures} failed attempts; resuming");
+        }
+        batch.clear();
+    }
+}
+
+async fn tick(timer: &mut Option<tokio::time::Interval>) {
+    match timer {
+        Some(timer) => {
+            timer.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// 100 ms, doubling to 30 s: quick recovery from a blip, no busy loop on a full disk.
+fn retry_delay(failures: u32) -> Duration {
+    let ms = 100u64.saturating_mul(1 << failures.min(16));
+    Duration::from_millis(ms.min(30_000))
+}
+
+/// Acknowledges a written batch: once per run of deliveries from the same stream,
+/// with the last (highest) sequence number of the run.
+fn acknowledge(batch: &[Delivery]) {
+    for (i, delivery) in batch.iter().enumerate() {
+        let last_of_run = batch.get(i + 1).is_none_or(|next| {
+            !Arc::ptr_eq(&next.tracker, &delivery.tracker) || next.slot != delivery.slot
+        });
+        if last_of_run {
+            delivery
+                .tracker
+                .acknowledge(delivery.slot, delivery.seq, &delivery.record.event.id);
+        }
+    }
+}
+
+/// Acknowledgements held back until a sync: the newest per stream, so memory
+/// stays proportional to the number of streams, not of events.
+#[derive(Default)]
+struct PendingAcks {
+    /// Keyed by (tracker address, slot).
+    newest: HashMap<(usize, usize), HeldAck>,
+}
+
+struct HeldAck {
+    tracker: Arc<AckTracker>,
+    seq: u64,
+    id: Arc<str>,
+}
+
+impl PendingAcks {
+    fn add(&mut self, batch: &[Delivery]) {
+        for d in batch {
+            let key = (Arc::as_ptr(&d.tracker) as usize, d.slot);
+            let held = HeldAck {
+                tracker: d.tracker.clone(),
+                seq: d.seq,
+                id: d.record.event.id.clone(),
+            };
+            self.newest.insert(key, held);
+        }
+    }
+}
+
+async fn sync_and_acknowledge<S: Sink>(name: &str, sink: &mut S, pending: &mut PendingAcks) {
+    if pending.newest.is_empty() {
+        return;
+    }
+    match sink.sync().await {
+        Ok(()) => {
+            for ((_, slot), held) in pending.newest.drain() {
+                held.tracker.acknowledge(slot, held.seq, &held.id);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(sink = %name, "sync failed: {e}; acknowledgements wait for the next sync")
+        }
+    }
+}

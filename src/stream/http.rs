@@ -1,0 +1,172 @@
+//! The HTTP side of a stream: the client, the request, and reading the answer.
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{Client, Url};
+
+use crate::config::StreamConfig;
+
+/// Builds the stream's own client. Each stream gets its own (HTTP/1.1 unless
+/// `http2 = true`), so streams to one host never queue behind each other on a
+/// shared HTTP/2 connection.
+pub fn build_client(config: &StreamConfig) -> Result<Client, String> {
+    let mut builder = Client::builder()
+        .user_agent(concat!("sse-relay/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(config.connect_timeout)
+        .redirect(reqwest::redirect::Policy::limited(config.max_redirects))
+        .tcp_keepalive(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        // One connection at a time; nothing to keep idle.
+        .pool_max_idle_per_host(0);
+    if !config.http2 {
+        builder = builder.http1_only();
+    }
+    if let Some(ca_file) = &config.ca_file {
+        let pem = std::fs::read(ca_file)
+            .map_err(|e| format!("cannot read ca_file {}: {e}", ca_file.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            format!(
+                "ca_file {} holds no usable PEM certificate: {e}",
+                ca_file.display()
+            )
+        })?;
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if config.tls_insecure {
+        builder = builder.danger_accept_invalid_certs(true);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// The request headers for one attempt.
+pub fn request_headers(config: &StreamConfig, last_event_id: &str) -> HeaderMap {
+    let mut headers = config.headers.clone();
+    headers.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if !last_event_id.is_empty() {
+        // A non-ASCII id goes out as its UTF-8 bytes.
+        match HeaderValue::from_bytes(last_event_id.as_bytes()) {
+            Ok(value) => {
+                headers.insert("last-event-id", value);
+            }
+            Err(_) => tracing::warn!(
+                "stream={} last event id {last_event_id:?} holds control characters and cannot be sent as Last-Event-ID; connecting without it",
+                config.name
+            ),
+        }
+    }
+    headers
+}
+
+/// Whether the response says `Content-Type: text/event-stream` (parameters allowed).
+pub fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("text/event-stream"))
+}
+
+/// A `Retry-After` header in seconds or as an HTTP date.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// The URL as logs may show it: no user or password, and the values of
+/// query parameters that look like credentials replaced with `REDACTED`.
+pub fn redact_url(url: &Url) -> String {
+    let mut url = url.clone();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let lower = k.to_ascii_lowercase();
+                let secret = [
+                    "token",
+                    "key",
+                    "secret",
+                    "pass",
+                    "auth",
+                    "sig",
+                    "credential",
+                    "session",
+                ]
+                .iter()
+                .any(|s| lower.contains(s));
+                (
+                    k.into_owned(),
+                    if secret {
+                        "REDACTED".into()
+                    } else {
+                        v.into_owned()
+                    },
+                )
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_type_allows_parameters_and_case() {
+        let mut h = HeaderMap::new();
+        assert!(!is_event_stream(&h));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("Text/Event-Stream; charset=utf-8"),
+        );
+        assert!(is_event_stream(&h));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(!is_event_stream(&h));
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let mut h = HeaderMap::new();
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        h.insert(header::RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
+        let d = retry_after(&h).unwrap();
+        assert!(
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn urls_in_logs_carry_no_credentials() {
+        let url = Url::parse("https://user:pw@example.com/s?access_token=abc&topic=x").unwrap();
+        let shown = redact_url(&url);
+        assert!(
+            !shown.contains("pw") && !shown.contains("user") && !shown.contains("abc"),
+            "{shown}"
+        );
+        assert!(shown.contains("topic=x"), "{shown}");
+    }
+}

@@ -1,0 +1,282 @@
+//! One stream's life: connect, read, parse, route, and reconnect.
+//!
+//! Each attempt sends `GET` with `Accept: text/event-stream`,
+//! `Cache-Control: no-cache` and `Last-Event-ID` (when an id is in effect), then:
+//!
+//! * 200 with `Content-Type: text/event-stream`: read the body, chunk by chunk,
+//!   through the parser and the router, until it ends, fails, or is silent for
+//!   `idle_timeout` (comments count as traffic);
+//! * 204: the server says stop; this stream ends for good;
+//! * anything else (another status, a wrong content type, a connect error, a
+//!   reset): log it and try again.
+//!
+//! Between attempts it waits as [`backoff`] says. The parser, and with it the last
+//! event id and the `retry:` value, lives as long as the stream, so both survive
+//! reconnects.
+
+pub mod backoff;
+pub mod http;
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::{Client, StatusCode};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::StreamConfig;
+use crate::route::Router;
+use crate::sse::{Event, Parser};
+use backoff::Backoff;
+
+/// Why a stream task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The server answered 204 No Content.
+    StoppedByServer,
+    /// The daemon is shutting down.
+    Shutdown,
+}
+
+/// How one attempt ended.
+enum Attempt {
+    NoContent,
+    Shutdown,
+    Retry {
+        reason: String,
+        retry_after: Option<Duration>,
+        delivered_events: bool,
+    },
+}
+
+pub struct Stream {
+    config: StreamConfig,
+    client: Client,
+    parser: Parser,
+    router: Router,
+    backoff: Backoff,
+    url_for_logs: String,
+}
+
+impl Stream {
+    /// Prepares a stream that resumes after `last_event_id` (empty: from the
+    /// server's default starting point).
+    pub fn new(config: StreamConfig, router: Router, last_event_id: &str) -> Result<Self, String> {
+        let client = http::build_client(&config)?;
+        let mut parser = Parser::new(config.limits);
+        parser.set_last_event_id(last_event_id);
+        let backoff = Backoff::new(config.backoff_initial, config.backoff_max, config.retry_max);
+        if config.tls_insecure {
+            tracing::warn!(
+                "stream={} TLS certificate verification is OFF (tls_insecure = true): anyone on the path can read and forge this stream",
+                config.name
+            );
+        }
+        Ok(Stream {
+            url_for_logs: http::redact_url(&config.url),
+            config,
+            client,
+            parser,
+            router,
+            backoff,
+        })
+    }
+
+    /// Runs until the server says 204 or `shutdown` fires.
+    pub async fn run(mut self, shutdown: CancellationToken) -> StreamEnd {
+        loop {
+            let attempt = self.attempt(&shutdown).await;
+            let (reason, retry_after, delivered_events) = match attempt {
+                Attempt::Shutdown => return StreamEnd::Shutdown,
+                Attempt::NoContent => {
+                    tracing::warn!(
+                        "stream={} {} answered 204 No Content: the server asks us to stop; this stream will not reconnect",
+                        self.config.name,
+                        self.url_for_logs
+                    );
+                    return StreamEnd::StoppedByServer;
+                }
+                Attempt::Retry {
+                    reason,
+                    retry_after,
+                    delivered_events,
+                } => (reason, retry_after, delivered_events),
+            };
+            if delivered_events {
+                self.backoff.reset();
+            }
+            let server_retry = self.parser.retry().map(Duration::from_millis);
+            let floor = server_retry.max(retry_after);
+            let delay = self.backoff.next_delay(floor);
+            let last_id = self.parser.last_event_id();
+            let resume = if last_id.is_empty() {
+                "no Last-Event-ID".to_owned()
+            } else {
+                format!("Last-Event-ID {last_id}")
+            };
+            tracing::warn!(
+                "stream={} reconnecting in {:.1}s after {reason} (attempt {}, {resume})",
+                self.config.name,
+                delay.as_secs_f64(),
+                self.backoff.attempt(),
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => return StreamEnd::Shutdown,
+            }
+        }
+    }
+
+    async fn attempt(&mut self, shutdown: &CancellationToken) -> Attempt {
+        let request = self
+            .client
+            .get(self.config.url.clone())
+            .headers(http::request_headers(
+                &self.config,
+                self.parser.last_event_id(),
+            ));
+        // Waiting for the response counts as silence too: a server that accepts
+        // and never answers is as dead as one that stops sending.
+        let patience = self.config.connect_timeout + self.config.idle_timeout;
+        let response = tokio::select! {
+            _ = shutdown.cancelled() => return Attempt::Shutdown,
+            response = tokio::time::timeout(patience, request.send()) => response,
+        };
+        let response = match response {
+            Err(_) => {
+                return retry(format!(
+                    "no response within {}",
+                    humantime::format_duration(patience)
+                ))
+            }
+            Ok(Err(e)) => return retry(describe_error(&e)),
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        if status == StatusCode::NO_CONTENT {
+            return Attempt::NoContent;
+        }
+        if status != StatusCode::OK {
+            let retry_after = match status {
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                    http::retry_after(response.headers())
+                }
+                _ => None,
+            };
+            return Attempt::Retry {
+                reason: format!("HTTP {status}"),
+                retry_after,
+                delivered_events: false,
+            };
+        }
+        if !http::is_event_stream(response.headers()) {
+            let content_type = response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            return retry(match content_type {
+                Some(ct) => format!("wrong Content-Type {ct:?} (expected text/event-stream)"),
+                None => "a response without Content-Type (expected text/event-stream)".to_owned(),
+            });
+        }
+        tracing::info!(
+            "stream={} connected to {} (HTTP {status})",
+            self.config.name,
+            self.url_for_logs
+        );
+        self.read_body(response, shutdown).await
+    }
+
+    /// Reads a 200 body until it ends, fails or falls silent.
+    async fn read_body(
+        &mut self,
+        mut response: reqwest::Response,
+        shutdown: &CancellationToken,
+    ) -> Attempt {
+        self.parser.start_connection();
+        let events_before = self.parser.stats().events;
+        let mut oversized_before = self.parser.stats().oversized_events;
+        let mut events: Vec<Event> = Vec::new();
+        let reason = loop {
+            let chunk = tokio::select! {
+                _ = shutdown.cancelled() => return Attempt::Shutdown,
+                chunk = tokio::time::timeout(self.config.idle_timeout, response.chunk()) => chunk,
+            };
+            let chunk = match chunk {
+                Err(_) => {
+                    break format!(
+                        "no data for {} (idle_timeout)",
+                        humantime::format_duration(self.config.idle_timeout)
+                    )
+                }
+                Ok(Err(e)) => break describe_error(&e),
+                Ok(Ok(None)) => break "the server closed the connection".to_owned(),
+                Ok(Ok(Some(chunk))) => chunk,
+            };
+            let received_at = SystemTime::now();
+            self.parser.feed(&chunk, &mut |event| events.push(event));
+            let oversized = self.parser.stats().oversized_events;
+            if oversized > oversized_before {
+                tracing::warn!(
+                    "stream={} dropped {} event(s) over the size limits (max_line_bytes {}, max_event_bytes {}); {oversized} dropped so far",
+                    self.config.name,
+                    oversized - oversized_before,
+                    self.config.limits.max_line_bytes,
+                    self.config.limits.max_event_bytes,
+                );
+                oversized_before = oversized;
+            }
+            for event in events.drain(..) {
+                tokio::select! {
+                    // Stop even while a full sink queue holds us: what was not
+                    // queued is not acknowledged, so the checkpoint stays before it.
+                    _ = shutdown.cancelled() => return Attempt::Shutdown,
+                    routed = self.router.route(event, received_at) => {
+                        if routed.is_err() {
+                            return Attempt::Shutdown;
+                        }
+                    }
+                }
+            }
+            // An id-only block moves the resume point without an event.
+            self.router
+                .tracker()
+                .observe_id(self.parser.last_event_id_shared());
+        };
+        Attempt::Retry {
+            reason,
+            retry_after: None,
+            delivered_events: self.parser.stats().events > events_before,
+        }
+    }
+}
+
+fn retry(reason: String) -> Attempt {
+    Attempt::Retry {
+        reason,
+        retry_after: None,
+        delivered_events: false,
+    }
+}
+
+/// A reqwest error by its causes, which hold the useful part ("connection
+/// refused", "certificate not trusted"). reqwest's own message is left out: it
+/// includes the URL, which may carry credentials.
+fn describe_error(error: &reqwest::Error) -> String {
+    let mut text = if error.is_connect() {
+        "connect error".to_owned()
+    } else if error.is_timeout() {
+        "timeout".to_owned()
+    } else if error.is_redirect() {
+        "too many redirects".to_owned()
+    } else if error.is_body() || error.is_decode() {
+        "error reading the body".to_owned()
+    } else {
+        "request error".to_owned()
+    };
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
