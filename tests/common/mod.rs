@@ -1,0 +1,319 @@
+//! A scriptable HTTP/1.1 server on loopback for integration tests.
+//!
+//! Written on raw sockets so a test controls every byte and every write: how the
+//! body is split into writes, the delay between them, whether the connection
+//! ends cleanly, is cut mid-event, or is held open in silence.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A request as the server saw it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub path: String,
+    /// Header names in lower case.
+    pub headers: HashMap<String, String>,
+    pub at: Instant,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+/// How a response body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `Transfer-Encoding: chunked`, one HTTP chunk per write.
+    Chunked,
+    /// No length: the body ends when the connection closes (HTTP/1.0 style).
+    CloseDelimited,
+}
+
+/// What happens after the last write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// End the body properly and close.
+    Close,
+    /// Close without ending a chunked body (a cut connection).
+    Cut,
+    /// Keep the connection open and silent for this long.
+    Hold(Duration),
+}
+
+/// One response.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub writes: Vec<Vec<u8>>,
+    pub pause: Duration,
+    pub framing: Framing,
+    pub ending: Ending,
+}
+
+impl Reply {
+    /// A 200 `text/event-stream` response writing `writes` one by one.
+    pub fn events<I, B>(writes: I) -> Reply
+    where
+        I: IntoIterator<Item = B>,
+        B: AsRef<[u8]>,
+    {
+        Reply {
+            status: 200,
+            headers: vec![("Content-Type".into(), "text/event-stream".into())],
+            writes: writes.into_iter().map(|w| w.as_ref().to_vec()).collect(),
+            pause: Duration::ZERO,
+            framing: Framing::Chunked,
+            ending: Ending::Close,
+        }
+    }
+
+    /// A response with `status` and no body.
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: vec![("Content-Length".into(), "0".into())],
+            writes: Vec::new(),
+            pause: Duration::ZERO,
+            framing: Framing::Chunked,
+            ending: Ending::Close,
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn pause(mut self, pause: Duration) -> Reply {
+        self.pause = pause;
+        self
+    }
+
+    pub fn ending(mut self, ending: Ending) -> Reply {
+        self.ending = ending;
+        self
+    }
+
+    pub fn framing(mut self, framing: Framing) -> Reply {
+        self.framing = framing;
+        self
+    }
+}
+
+type Handler = dyn Fn(usize, &Request) -> Reply + Send + Sync;
+
+/// The server; it stops when dropped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Request>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    /// Serves `handler(n, request)` for the n-th request (0-based).
+    pub async fn start(
+        handler: impl Fn(usize, &Request) -> Reply + Send + Sync + 'static,
+    ) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let handler: Arc<Handler> = Arc::new(handler);
+        let seen = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let handler = handler.clone();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let _ = serve(socket, handler, seen).await;
+                });
+            }
+        });
+        TestServer {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived.
+    pub async fn wait_for_requests(&self, n: usize, within: Duration) -> Vec<Request> {
+        let deadline = Instant::now() + within;
+        loop {
+            let seen = self.requests();
+            if seen.len() >= n {
+                return seen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} requests, got {}: {seen:?}",
+                seen.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(
+    mut socket: TcpStream,
+    handler: Arc<Handler>,
+    seen: Arc<Mutex<Vec<Request>>>,
+) -> std::io::Result<()> {
+    socket.set_nodelay(true)?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = socket.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = text.split("\r\n");
+    let path = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap_or("/")
+        .to_owned();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let request = Request {
+        path,
+        headers,
+        at: Instant::now(),
+    };
+    let index = {
+        let mut seen = seen.lock().unwrap();
+        seen.push(request.clone());
+        seen.len() - 1
+    };
+    let reply = handler(index, &request);
+
+    let mut out = format!("HTTP/1.1 {} X\r\n", reply.status);
+    for (name, value) in &reply.headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let has_body = !reply.writes.is_empty() || reply.status == 200;
+    let chunked = has_body && reply.framing == Framing::Chunked;
+    if chunked {
+        out.push_str("Transfer-Encoding: chunked\r\n");
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    socket.write_all(out.as_bytes()).await?;
+    socket.flush().await?;
+    for write in &reply.writes {
+        if !reply.pause.is_zero() {
+            tokio::time::sleep(reply.pause).await;
+        }
+        if write.is_empty() {
+            continue;
+        }
+        if chunked {
+            let mut frame = format!("{:x}\r\n", write.len()).into_bytes();
+            frame.extend_from_slice(write);
+            frame.extend_from_slice(b"\r\n");
+            socket.write_all(&frame).await?;
+        } else {
+            socket.write_all(write).await?;
+        }
+        socket.flush().await?;
+    }
+    match reply.ending {
+        Ending::Close => {
+            if chunked {
+                socket.write_all(b"0\r\n\r\n").await?;
+            }
+        }
+        Ending::Cut => {}
+        Ending::Hold(time) => tokio::time::sleep(time).await,
+    }
+    socket.shutdown().await?;
+    Ok(())
+}
+
+/// Numbered events `from..=to` as one SSE body: `id: n`, `data: event n`.
+pub fn numbered(from: u64, to: u64) -> Vec<u8> {
+    (from..=to)
+        .map(|n| format!("id: {n}\ndata: event {n}\n\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// Splits `body` into writes of the given sizes, cycling through them.
+pub fn split_cycling(body: &[u8], sizes: &[usize]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    for size in sizes.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let n = (*size).clamp(1, rest.len());
+        out.push(rest[..n].to_vec());
+        rest = &rest[n..];
+    }
+    out
+}
+
+/// Reads JSON-lines records from a file, or none if it does not exist yet.
+pub fn read_records(path: &std::path::Path) -> Vec<serde_json::Value> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record line {l:?}: {e}"))
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Waits until `path` holds at least `n` records.
+pub async fn wait_for_records(
+    path: &std::path::Path,
+    n: usize,
+    within: Duration,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let records = read_records(path);
+        if records.len() >= n {
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {n} records in {}, got {}",
+            path.display(),
+            records.len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
