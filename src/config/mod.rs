@@ -247,7 +247,8 @@ fn toml_error(path: &Path, source: &str, error: &toml::de::Error) -> ConfigError
         err.message = format!("unknown key {key}");
         err.key = Some(key.trim_matches('`').to_owned());
         if !expected.is_empty() {
-            err.help = Some(format!("expected one of: {}", expected.replace('`', "")));
+            let expected = expected.trim_start_matches("one of ").replace('`', "");
+            err.help = Some(format!("expected one of: {expected}"));
         }
     } else if let Some(key) = message.strip_prefix("missing field ") {
         err.message = format!("missing key {key}");
