@@ -4,8 +4,8 @@
 //! filter. Queues are bounded. With `when_full = "block"` (the default) a full
 //! queue makes the stream wait, which stops it reading its socket: TCP
 //! backpressure reaches the server and nothing is lost. With `"drop_newest"` the
-//! event is dropped for that sink only, counted and logged, and that sink no
-//! longer holds the stream's checkpoint back.
+//! event is dropped for that sink only, counted and logged, and that sink never
+//! holds the stream's checkpoint back.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -89,8 +89,10 @@ impl Router {
                     self.tracker.routed(slot, seq);
                     route.queue.send(delivery).await.map_err(|_| SinksClosed)?;
                 }
+                // Best effort: never marked as routed, so this sink never holds
+                // the checkpoint back, not even for events it did queue.
                 WhenFull::DropNewest => match route.queue.try_send(delivery) {
-                    Ok(()) => self.tracker.routed(slot, seq),
+                    Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         let dropped = route.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                         if dropped == 1 || dropped.is_multiple_of(10_000) {

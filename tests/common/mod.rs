@@ -317,3 +317,97 @@ pub async fn wait_for_records(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A server of numbered events `1..=total` that resumes after the
+/// `Last-Event-ID` it is sent, writing `batch` events per write with `pause`
+/// between writes, and answers 204 once every event was served. With
+/// `total == u64::MAX` it never ends. It counts the body bytes it managed to
+/// write, so a test can see TCP backpressure.
+pub struct NumberedServer {
+    pub addr: SocketAddr,
+    pub bytes_written: Arc<std::sync::atomic::AtomicU64>,
+    pub connections: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl NumberedServer {
+    pub async fn start(total: u64, batch: u64, pause: Duration) -> NumberedServer {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bytes_written = Arc::new(AtomicU64::new(0));
+        let connections = Arc::new(AtomicU64::new(0));
+        let (bytes, conns) = (bytes_written.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                conns.fetch_add(1, Ordering::Relaxed);
+                let bytes = bytes.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    let after: u64 = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("last-event-id:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if after >= total {
+                        let _ = socket
+                            .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                            .await;
+                        return;
+                    }
+                    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n";
+                    if socket.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let mut next = after + 1;
+                    while next <= total {
+                        let last = (next + batch - 1).min(total);
+                        let body = numbered(next, last);
+                        if socket.write_all(&body).await.is_err() {
+                            return;
+                        }
+                        bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+                        next = last + 1;
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
+                        }
+                    }
+                    // Close-delimited body: closing ends it; the client comes back
+                    // and is told 204.
+                });
+            }
+        });
+        NumberedServer {
+            addr,
+            bytes_written,
+            connections,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/events", self.addr)
+    }
+
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for NumberedServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
