@@ -285,7 +285,9 @@ impl Parser {
                 if self.event_too_large {
                     return;
                 }
-                if self.data.len() + value.len() + 1 > self.limits.max_event_bytes {
+                // `data` holds a `\n` after every line so far: the joining ones of the
+                // final data, which count, and none yet after this line, which does not.
+                if self.data.len() + value.len() > self.limits.max_event_bytes {
                     self.event_too_large = true;
                     self.data = Vec::new();
                     return;
