@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use crate::config::{Config, SinkKind};
+use crate::config::{Config, Encoding, SinkKind, WebhookConfig};
 use crate::stream::http::redact_url;
 
 /// A human summary of `config`: streams, sinks, routes, then warnings.
@@ -32,6 +32,7 @@ pub fn summary(path: &Path, config: &Config) -> String {
         let target = match &sink.kind {
             SinkKind::Stdout => "stdout".to_owned(),
             SinkKind::File { path, fsync, .. } => format!("file {path} (fsync {fsync:?})"),
+            SinkKind::Webhook(webhook) => webhook_summary(sink.encoding, webhook),
         };
         let _ = writeln!(
             out,
@@ -82,11 +83,77 @@ pub fn summary(path: &Path, config: &Config) -> String {
             }
         }
     }
+    for sink in config.sinks.values() {
+        let SinkKind::Webhook(webhook) = &sink.kind else {
+            continue;
+        };
+        if webhook.tls_insecure {
+            warnings.push(format!(
+                "sink `{}` has tls_insecure = true: TLS certificates are not verified",
+                sink.name
+            ));
+        }
+        if webhook.url.scheme() == "http" && !webhook.headers.is_empty() {
+            warnings.push(format!(
+                "sink `{}` sends headers over plain http://; credentials in them travel unencrypted",
+                sink.name
+            ));
+        }
+        if webhook.dead_letter_path.is_none() {
+            warnings.push(format!(
+                "sink `{}` has no dead_letter_path: batches its receiver rejects with a 4xx are logged and dropped",
+                sink.name
+            ));
+        }
+        if let Some(ca_file) = &webhook.ca_file {
+            if let Err(e) = std::fs::metadata(ca_file) {
+                warnings.push(format!(
+                    "sink `{}`: ca_file {}: {e}",
+                    sink.name,
+                    ca_file.display()
+                ));
+            }
+        }
+    }
     if !warnings.is_empty() {
         let _ = writeln!(out);
         for warning in warnings {
             let _ = writeln!(out, "warning: {warning}");
         }
     }
+    out
+}
+
+/// One line about a webhook sink: where, how, and whether signed, never the
+/// secret or header values.
+fn webhook_summary(encoding: Encoding, webhook: &WebhookConfig) -> String {
+    let batch = &webhook.batch;
+    let mut out = format!(
+        "webhook {} {} ({}, batch {} events / {} bytes / {}, timeout {}",
+        webhook.method,
+        redact_url(&webhook.url),
+        match encoding {
+            Encoding::Ndjson => "ndjson",
+            Encoding::Json | Encoding::Data => "json",
+        },
+        batch.max_events,
+        batch.max_bytes,
+        humantime::format_duration(batch.timeout),
+        humantime::format_duration(webhook.timeout),
+    );
+    if webhook.compression.is_some() {
+        out.push_str(", gzip");
+    }
+    if webhook.secret.is_some() {
+        out.push_str(", signed");
+    }
+    if !webhook.headers.is_empty() {
+        let names: Vec<&str> = webhook.headers.keys().map(|k| k.as_str()).collect();
+        out.push_str(&format!(", headers: {}", names.join(", ")));
+    }
+    if let Some(path) = &webhook.dead_letter_path {
+        out.push_str(&format!(", dead letters: {}", path.display()));
+    }
+    out.push(')');
     out
 }

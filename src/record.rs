@@ -29,7 +29,7 @@ impl Record {
     /// Appends the record in `encoding`, followed by `\n`.
     pub fn encode(&self, encoding: Encoding, out: &mut Vec<u8>) {
         match encoding {
-            Encoding::Json => self.write_json(out),
+            Encoding::Json | Encoding::Ndjson => self.write_json(out),
             Encoding::Data => out.extend_from_slice(self.event.data.as_bytes()),
         }
         out.push(b'\n');
@@ -58,6 +58,35 @@ impl Record {
         );
         out.extend_from_slice(b"\"}");
     }
+
+    /// The exact length of what [`Record::write_json`] appends, without
+    /// encoding: batch size limits are checked before a batch is encoded.
+    pub fn json_len(&self) -> usize {
+        // The keys, quotes and punctuation around the values (see `write_json`).
+        const FRAME: usize = r#"{"stream":,"id":,"event":,"data":,"received_at":""}"#.len();
+        // RFC 3339 with microseconds in UTC: `2025-11-25T23:36:07.123456Z`.
+        const TIMESTAMP: usize = 27;
+        let id = self.event.id().map_or(4, json_string_len);
+        FRAME
+            + TIMESTAMP
+            + json_string_len(&self.stream)
+            + id
+            + json_string_len(&self.event.event)
+            + json_string_len(&self.event.data)
+    }
+}
+
+/// The length of `s` written by [`write_json_string`], quotes included.
+pub fn json_string_len(s: &str) -> usize {
+    let escapes: usize = s
+        .bytes()
+        .map(|b| match ESCAPE[b as usize] {
+            0 => 0,
+            b'u' => 5,
+            _ => 1,
+        })
+        .sum();
+    s.len() + escapes + 2
 }
 
 /// For each byte: 0 if it is copied as is, otherwise the letter of its short
@@ -147,6 +176,16 @@ mod tests {
         let mut out = Vec::new();
         record("", "raw\ndata").encode(Encoding::Data, &mut out);
         assert_eq!(out, b"raw\ndata\n");
+    }
+
+    #[test]
+    fn json_len_is_exact() {
+        let all: String = (0u8..0x80).map(char::from).collect::<String>() + "ü€😀";
+        for r in [record("42", &all), record("", ""), record("\"q\"", "x")] {
+            let mut out = Vec::new();
+            r.write_json(&mut out);
+            assert_eq!(r.json_len(), out.len(), "{}", String::from_utf8_lossy(&out));
+        }
     }
 
     #[test]

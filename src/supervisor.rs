@@ -25,7 +25,7 @@ use crate::ack::AckTracker;
 use crate::checkpoint::{CheckpointError, CheckpointStore, Tracked};
 use crate::config::{Config, SinkKind};
 use crate::route::{Route, Router};
-use crate::sink::{self, Delivery, FileSink, StdoutSink};
+use crate::sink::{self, Delivery, FileSink, StdoutSink, WebhookSink};
 use crate::stream::{Stream, StreamEnd};
 
 /// Why the daemon could not run.
@@ -33,6 +33,7 @@ use crate::stream::{Stream, StreamEnd};
 pub enum RunError {
     Checkpoint(CheckpointError),
     Stream { stream: String, problem: String },
+    Sink { sink: String, problem: String },
 }
 
 impl std::fmt::Display for RunError {
@@ -42,6 +43,7 @@ impl std::fmt::Display for RunError {
             RunError::Stream { stream, problem } => {
                 write!(f, "error: stream `{stream}`: {problem}")
             }
+            RunError::Sink { sink, problem } => write!(f, "error: sink `{sink}`: {problem}"),
         }
     }
 }
@@ -107,6 +109,15 @@ pub async fn run(
             } => {
                 let sink =
                     FileSink::new(&name, path, sink_config.encoding, *fsync, *fsync_interval);
+                sink_tasks.spawn(sink::run(name, sink, receiver, abort));
+            }
+            SinkKind::Webhook(webhook) => {
+                let sink = WebhookSink::new(&name, webhook.clone(), sink_config.encoding).map_err(
+                    |problem| RunError::Sink {
+                        sink: name.clone(),
+                        problem,
+                    },
+                )?;
                 sink_tasks.spawn(sink::run(name, sink, receiver, abort));
             }
         }

@@ -95,6 +95,8 @@ pub enum SinkKind {
         fsync: FsyncPolicy,
         fsync_interval: Duration,
     },
+    /// Boxed: it is several times the size of the others.
+    Webhook(Box<WebhookConfig>),
 }
 
 impl SinkKind {
@@ -102,7 +104,72 @@ impl SinkKind {
         match self {
             SinkKind::Stdout => "stdout",
             SinkKind::File { .. } => "file",
+            SinkKind::Webhook(_) => "webhook",
         }
+    }
+}
+
+/// A `type = "webhook"` sink: batches of records sent as HTTP requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookConfig {
+    pub url: reqwest::Url,
+    pub method: reqwest::Method,
+    /// Extra request headers; values are marked sensitive so they never print.
+    pub headers: HeaderMap,
+    /// The whole request, from connecting to reading the answer.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub tls_insecure: bool,
+    pub batch: BatchConfig,
+    pub compression: Option<Compression>,
+    /// JSON-lines file for batches the receiver rejected for good (4xx).
+    pub dead_letter_path: Option<PathBuf>,
+    /// The HMAC-SHA256 signing key, if requests are signed.
+    pub secret: Option<Secret>,
+    /// Retry backoff bounds, as for streams.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// The longest `Retry-After` honoured; longer ones are clamped to it.
+    pub retry_max: Duration,
+}
+
+/// When a webhook batch closes: at whichever limit comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    pub max_events: usize,
+    /// The largest uncompressed request body; a single record larger than this
+    /// is sent alone.
+    pub max_bytes: usize,
+    /// How long the first event of a batch waits for others.
+    pub timeout: Duration,
+}
+
+/// Request body compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    Gzip,
+}
+
+/// A secret from the configuration. It never prints: not in `Debug`, logs,
+/// `check` output or errors.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Secret(bytes.into())
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
     }
 }
 
@@ -130,14 +197,19 @@ pub enum FsyncPolicy {
     EveryBatch,
 }
 
-/// How records are written by stdout and file sinks.
+/// How records are written. stdout and file sinks take `json` and `data`;
+/// webhook sinks take `json` and `ndjson`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Encoding {
-    /// One JSON object per line (see `record`).
+    /// One JSON object per line (see `record`); for a webhook, a JSON array of
+    /// them per request.
     Json,
     /// The event's data only, one event per line.
     Data,
+    /// One JSON object per line: the webhook's name for what `json` means to
+    /// stdout and file sinks.
+    Ndjson,
 }
 
 // ---------------------------------------------------------------------------
@@ -191,11 +263,93 @@ struct RawSink {
     event_types: Option<Vec<String>>,
     queue_size: Option<Spanned<usize>>,
     when_full: Option<WhenFull>,
-    encoding: Option<Encoding>,
+    encoding: Option<Spanned<Encoding>>,
     path: Option<Spanned<String>>,
     fsync: Option<Spanned<FsyncPolicy>>,
     #[serde(default, deserialize_with = "duration")]
     fsync_interval: Option<Duration>,
+    // Webhook sinks only (checked in `Validator::sink`).
+    url: Option<Spanned<String>>,
+    method: Option<Spanned<String>>,
+    headers: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    #[serde(default, deserialize_with = "spanned_duration")]
+    timeout: Option<Spanned<Duration>>,
+    #[serde(default, deserialize_with = "spanned_duration")]
+    connect_timeout: Option<Spanned<Duration>>,
+    ca_file: Option<Spanned<String>>,
+    tls_insecure: Option<Spanned<bool>>,
+    batch: Option<Spanned<RawBatch>>,
+    compression: Option<Spanned<Compression>>,
+    dead_letter_path: Option<Spanned<String>>,
+    secret: Option<Spanned<String>>,
+    secret_file: Option<Spanned<String>>,
+    #[serde(default, deserialize_with = "spanned_duration")]
+    backoff_initial: Option<Spanned<Duration>>,
+    #[serde(default, deserialize_with = "spanned_duration")]
+    backoff_max: Option<Spanned<Duration>>,
+    #[serde(default, deserialize_with = "spanned_duration")]
+    retry_max: Option<Spanned<Duration>>,
+}
+
+impl RawSink {
+    /// The webhook-only keys present in the table, with where they are.
+    fn webhook_keys(&self) -> Vec<(&'static str, Range<usize>)> {
+        [
+            ("url", self.url.as_ref().map(Spanned::span)),
+            ("method", self.method.as_ref().map(Spanned::span)),
+            ("headers", self.headers.as_ref().map(Spanned::span)),
+            ("timeout", self.timeout.as_ref().map(Spanned::span)),
+            (
+                "connect_timeout",
+                self.connect_timeout.as_ref().map(Spanned::span),
+            ),
+            ("ca_file", self.ca_file.as_ref().map(Spanned::span)),
+            (
+                "tls_insecure",
+                self.tls_insecure.as_ref().map(Spanned::span),
+            ),
+            ("batch", self.batch.as_ref().map(Spanned::span)),
+            ("compression", self.compression.as_ref().map(Spanned::span)),
+            (
+                "dead_letter_path",
+                self.dead_letter_path.as_ref().map(Spanned::span),
+            ),
+            ("secret", self.secret.as_ref().map(Spanned::span)),
+            ("secret_file", self.secret_file.as_ref().map(Spanned::span)),
+            (
+                "backoff_initial",
+                self.backoff_initial.as_ref().map(Spanned::span),
+            ),
+            ("backoff_max", self.backoff_max.as_ref().map(Spanned::span)),
+            ("retry_max", self.retry_max.as_ref().map(Spanned::span)),
+        ]
+        .into_iter()
+        .filter_map(|(key, span)| Some((key, span?)))
+        .collect()
+    }
+}
+
+/// A webhook sink's `[sinks.NAME.batch]` table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatch {
+    max_events: Option<Spanned<usize>>,
+    max_bytes: Option<Spanned<usize>>,
+    #[serde(default, deserialize_with = "spanned_duration")]
+    timeout: Option<Spanned<Duration>>,
+}
+
+/// A duration that remembers where it was written, for later errors about it.
+fn spanned_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Spanned<Duration>>, D::Error> {
+    let text = Spanned::<String>::deserialize(d)?;
+    let span = text.span();
+    humantime::parse_duration(text.get_ref())
+        .map(|value| Some(Spanned::new(span, value)))
+        .map_err(|e| {
+            serde::de::Error::custom(format!("invalid duration `{}`: {e}", text.get_ref()))
+        })
 }
 
 const DURATION_HELP: &str = "durations are written like \"250ms\", \"30s\", \"2m\" or \"1h\"";
@@ -343,37 +497,8 @@ impl Validator<'_> {
         raw: RawStream,
     ) -> Result<StreamConfig, ConfigError> {
         self.check_name("stream", name, span.clone())?;
-        let url_text = self.expand(&raw.url)?;
-        let url = reqwest::Url::parse(&url_text).map_err(|e| {
-            self.error(raw.url.span(), format!("invalid url: {e}"))
-                .with_key("url")
-                .with_help("write a full URL, e.g. \"https://example.com/events\"")
-        })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(self
-                .error(
-                    raw.url.span(),
-                    format!("unsupported url scheme `{}`", url.scheme()),
-                )
-                .with_key("url")
-                .with_help("use http:// or https://"));
-        }
-        let mut headers = HeaderMap::new();
-        for (header, value) in &raw.headers {
-            let header_name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
-                self.error(value.span(), format!("invalid header name `{header}`"))
-                    .with_key(header.clone())
-            })?;
-            let text = self.expand(value)?;
-            let mut header_value = HeaderValue::from_str(&text).map_err(|_| {
-                // The value may hold a secret: say where, never what.
-                self.error(value.span(), format!("invalid value for header `{header}`"))
-                    .with_key(header.clone())
-                    .with_help("header values cannot contain line breaks or control characters")
-            })?;
-            header_value.set_sensitive(true);
-            headers.insert(header_name, header_value);
-        }
+        let url = self.http_url(&raw.url)?;
+        let headers = self.headers(&raw.headers)?;
         let backoff_initial = raw.backoff_initial.unwrap_or(Duration::from_secs(1));
         let backoff_max = raw.backoff_max.unwrap_or(Duration::from_secs(60));
         if backoff_initial.is_zero() || backoff_initial > backoff_max {
@@ -429,6 +554,47 @@ impl Validator<'_> {
         })
     }
 
+    /// An `http://` or `https://` URL, after `${VAR}` expansion.
+    fn http_url(&self, value: &Spanned<String>) -> Result<reqwest::Url, ConfigError> {
+        let url_text = self.expand(value)?;
+        let url = reqwest::Url::parse(&url_text).map_err(|e| {
+            self.error(value.span(), format!("invalid url: {e}"))
+                .with_key("url")
+                .with_help("write a full URL, e.g. \"https://example.com/events\"")
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(self
+                .error(
+                    value.span(),
+                    format!("unsupported url scheme `{}`", url.scheme()),
+                )
+                .with_key("url")
+                .with_help("use http:// or https://"));
+        }
+        Ok(url)
+    }
+
+    /// Request headers, `${VAR}`s expanded and every value marked sensitive.
+    fn headers(&self, raw: &BTreeMap<String, Spanned<String>>) -> Result<HeaderMap, ConfigError> {
+        let mut headers = HeaderMap::new();
+        for (header, value) in raw {
+            let header_name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+                self.error(value.span(), format!("invalid header name `{header}`"))
+                    .with_key(header.clone())
+            })?;
+            let text = self.expand(value)?;
+            let mut header_value = HeaderValue::from_str(&text).map_err(|_| {
+                // The value may hold a secret: say where, never what.
+                self.error(value.span(), format!("invalid value for header `{header}`"))
+                    .with_key(header.clone())
+                    .with_help("header values cannot contain line breaks or control characters")
+            })?;
+            header_value.set_sensitive(true);
+            headers.insert(header_name, header_value);
+        }
+        Ok(headers)
+    }
+
     fn sink(
         &self,
         name: &str,
@@ -481,13 +647,24 @@ impl Validator<'_> {
                 .with_key(key.to_owned())),
             None => Ok(()),
         };
+        let only_for_webhook = |raw: &RawSink| match raw.webhook_keys().into_iter().next() {
+            Some((key, at)) => Err(self
+                .error(
+                    at,
+                    format!("key `{key}` only applies to sinks of type \"webhook\""),
+                )
+                .with_key(key)),
+            None => Ok(()),
+        };
         let kind = match raw.kind.get_ref().as_str() {
             "stdout" => {
+                only_for_webhook(&raw)?;
                 only_for_file("path", raw.path.as_ref().map(Spanned::span))?;
                 only_for_file("fsync", raw.fsync.as_ref().map(Spanned::span))?;
                 SinkKind::Stdout
             }
             "file" => {
+                only_for_webhook(&raw)?;
                 let path = raw.path.as_ref().ok_or_else(|| {
                     self.error(span.clone(), "missing key `path` for a file sink")
                         .with_key("path")
@@ -499,13 +676,19 @@ impl Validator<'_> {
                     fsync_interval: raw.fsync_interval.unwrap_or(Duration::from_secs(1)),
                 }
             }
+            "webhook" => {
+                only_for_file("path", raw.path.as_ref().map(Spanned::span))?;
+                only_for_file("fsync", raw.fsync.as_ref().map(Spanned::span))?;
+                SinkKind::Webhook(Box::new(self.webhook(span.clone(), &raw)?))
+            }
             other => {
                 return Err(self
                     .error(raw.kind.span(), format!("unknown sink type `{other}`"))
                     .with_key("type")
-                    .with_help("expected one of: stdout, file"))
+                    .with_help("expected one of: stdout, file, webhook"))
             }
         };
+        let encoding = self.encoding(&kind, raw.encoding)?;
         Ok(SinkConfig {
             name: name.to_owned(),
             kind,
@@ -513,8 +696,207 @@ impl Validator<'_> {
             event_types: raw.event_types,
             queue_size,
             when_full: raw.when_full.unwrap_or(WhenFull::Block),
-            encoding: raw.encoding.unwrap_or(Encoding::Json),
+            encoding,
         })
+    }
+
+    /// The sink's `encoding`, checked against what its type can write.
+    fn encoding(
+        &self,
+        kind: &SinkKind,
+        raw: Option<Spanned<Encoding>>,
+    ) -> Result<Encoding, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(Encoding::Json);
+        };
+        let encoding = *raw.get_ref();
+        let help = match (kind, encoding) {
+            (SinkKind::Webhook(_), Encoding::Data) => {
+                "a webhook sends records: \"json\" (a JSON array a request) or \"ndjson\" (one record a line)"
+            }
+            (SinkKind::Stdout | SinkKind::File { .. }, Encoding::Ndjson) => {
+                "\"json\" already writes one JSON record a line; \"data\" writes the data alone"
+            }
+            _ => return Ok(encoding),
+        };
+        let shown = match encoding {
+            Encoding::Json => "json",
+            Encoding::Data => "data",
+            Encoding::Ndjson => "ndjson",
+        };
+        Err(self
+            .error(
+                raw.span(),
+                format!(
+                    "encoding \"{shown}\" does not apply to sinks of type \"{}\"",
+                    kind.type_name()
+                ),
+            )
+            .with_key("encoding")
+            .with_help(help))
+    }
+
+    /// The keys of a `type = "webhook"` sink.
+    fn webhook(&self, span: Range<usize>, raw: &RawSink) -> Result<WebhookConfig, ConfigError> {
+        let url = raw.url.as_ref().ok_or_else(|| {
+            self.error(span.clone(), "missing key `url` for a webhook sink")
+                .with_key("url")
+                .with_help("e.g. url = \"https://collector.example.com/events\"")
+        })?;
+        let url = self.http_url(url)?;
+        let method = match &raw.method {
+            None => reqwest::Method::POST,
+            Some(method) => match method.get_ref().to_ascii_uppercase().as_str() {
+                "POST" => reqwest::Method::POST,
+                "PUT" => reqwest::Method::PUT,
+                "PATCH" => reqwest::Method::PATCH,
+                _ => {
+                    return Err(self
+                        .error(
+                            method.span(),
+                            format!("unsupported method `{}`", method.get_ref()),
+                        )
+                        .with_key("method")
+                        .with_help("expected one of: POST, PUT, PATCH"))
+                }
+            },
+        };
+        let headers = match &raw.headers {
+            Some(headers) => self.headers(headers.get_ref())?,
+            None => HeaderMap::new(),
+        };
+        let above_zero =
+            |key: &str, value: &Option<Spanned<Duration>>, default: Duration| match value {
+                None => Ok(default),
+                Some(v) if v.get_ref().is_zero() => Err(self
+                    .error(v.span(), format!("`{key}` must be above zero"))
+                    .with_key(key.to_owned())),
+                Some(v) => Ok(*v.get_ref()),
+            };
+        let timeout = above_zero("timeout", &raw.timeout, Duration::from_secs(30))?;
+        let connect_timeout = above_zero(
+            "connect_timeout",
+            &raw.connect_timeout,
+            Duration::from_secs(10),
+        )?;
+        let backoff_initial = above_zero(
+            "backoff_initial",
+            &raw.backoff_initial,
+            Duration::from_secs(1),
+        )?;
+        let backoff_max = above_zero("backoff_max", &raw.backoff_max, Duration::from_secs(60))?;
+        if backoff_initial > backoff_max {
+            let at = raw
+                .backoff_initial
+                .as_ref()
+                .map_or(span.clone(), Spanned::span);
+            return Err(self
+                .error(at, "`backoff_initial` must be at most `backoff_max`")
+                .with_key("backoff_initial"));
+        }
+        let retry_max = raw
+            .retry_max
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |r| *r.get_ref());
+        let path = |value: &Option<Spanned<String>>| {
+            value
+                .as_ref()
+                .map(|v| self.expand(v).map(PathBuf::from))
+                .transpose()
+        };
+        Ok(WebhookConfig {
+            url,
+            method,
+            headers,
+            timeout,
+            connect_timeout,
+            ca_file: path(&raw.ca_file)?,
+            tls_insecure: raw.tls_insecure.as_ref().is_some_and(|t| *t.get_ref()),
+            batch: self.batch(raw.batch.as_ref())?,
+            compression: raw.compression.as_ref().map(|c| *c.get_ref()),
+            dead_letter_path: path(&raw.dead_letter_path)?,
+            secret: self.secret(raw)?,
+            backoff_initial,
+            backoff_max,
+            retry_max,
+        })
+    }
+
+    fn batch(&self, raw: Option<&Spanned<RawBatch>>) -> Result<BatchConfig, ConfigError> {
+        let mut batch = BatchConfig {
+            max_events: 500,
+            max_bytes: 1 << 20,
+            timeout: Duration::from_secs(1),
+        };
+        let Some(raw) = raw else {
+            return Ok(batch);
+        };
+        let raw = raw.get_ref();
+        for (key, value, target) in [
+            ("max_events", &raw.max_events, &mut batch.max_events),
+            ("max_bytes", &raw.max_bytes, &mut batch.max_bytes),
+        ] {
+            if let Some(value) = value {
+                if *value.get_ref() == 0 {
+                    return Err(self
+                        .error(value.span(), format!("`batch.{key}` must be at least 1"))
+                        .with_key(key));
+                }
+                *target = *value.get_ref();
+            }
+        }
+        if let Some(timeout) = &raw.timeout {
+            batch.timeout = *timeout.get_ref();
+        }
+        Ok(batch)
+    }
+
+    /// The signing key from `secret` or `secret_file`. Errors name the key and
+    /// the file, never the value.
+    fn secret(&self, raw: &RawSink) -> Result<Option<Secret>, ConfigError> {
+        let secret = match (&raw.secret, &raw.secret_file) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(file)) => {
+                return Err(self
+                    .error(file.span(), "set `secret` or `secret_file`, not both")
+                    .with_key("secret_file"))
+            }
+            (Some(secret), None) => {
+                let text = self.expand(secret)?;
+                if text.is_empty() {
+                    return Err(self
+                        .error(secret.span(), "`secret` is empty")
+                        .with_key("secret")
+                        .with_help("give it a value, e.g. secret = \"${WEBHOOK_SECRET}\""));
+                }
+                text.into_bytes()
+            }
+            (None, Some(file)) => {
+                let path = PathBuf::from(self.expand(file)?);
+                let mut bytes = std::fs::read(&path).map_err(|e| {
+                    self.error(
+                        file.span(),
+                        format!("cannot read secret_file {}: {e}", path.display()),
+                    )
+                    .with_key("secret_file")
+                })?;
+                // Files written by `echo` or an editor end with a newline that
+                // is not part of the key.
+                while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    bytes.pop();
+                }
+                if bytes.is_empty() {
+                    return Err(self
+                        .error(
+                            file.span(),
+                            format!("secret_file {} is empty", path.display()),
+                        )
+                        .with_key("secret_file"));
+                }
+                bytes
+            }
+        };
+        Ok(Some(Secret::new(secret)))
     }
 }
 

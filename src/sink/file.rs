@@ -216,7 +216,9 @@ fn open<'a>(
     Ok(open.get_mut(path).expect("inserted above"))
 }
 
-fn open_for_append(sink: &str, path: &Path) -> io::Result<File> {
+/// Opens `path` for appending, creating it and its directory if needed, and
+/// cuts off a torn final line.
+pub(super) fn open_for_append(sink: &str, path: &Path) -> io::Result<File> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }

@@ -5,15 +5,20 @@
 //! its own policy. Acknowledgements move the streams' checkpoints
 //! (see [`crate::ack`]). The loop in [`run`] is shared by every sink type:
 //!
-//! * it takes batches off the queue, in order;
+//! * it takes batches off the queue, in order, as large as the sink's
+//!   [`Batching`] allows: by default whatever is queued (up to 1024) without
+//!   waiting; a sink may ask to wait for more, and to bound a batch's bytes;
 //! * a failed write is retried with backoff, forever, until it succeeds or the
 //!   daemon is stopped: nothing is skipped, and while it retries the queue fills
-//!   and the streams feeding it stop reading their sockets (backpressure);
+//!   and the streams feeding it stop reading their sockets (backpressure). The
+//!   sink chooses the delay ([`Sink::retry_delay`]), e.g. to honour a server's
+//!   `Retry-After`;
 //! * a sink whose writes become durable later (periodic fsync) has its
 //!   acknowledgements held until [`Sink::sync`] says so.
 
 mod file;
 mod stdout;
+mod webhook;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,6 +34,7 @@ use crate::record::Record;
 
 pub use file::FileSink;
 pub use stdout::StdoutSink;
+pub use webhook::WebhookSink;
 
 /// One record on its way to one sink, with what the sink needs to acknowledge it.
 #[derive(Debug, Clone)]
@@ -70,10 +76,49 @@ pub trait Sink: Send + 'static {
     fn sync_interval(&self) -> Option<Duration> {
         None
     }
+
+    /// How the runner forms batches for this sink.
+    fn batching(&self) -> Batching {
+        Batching::default()
+    }
+
+    /// What `delivery` counts against [`Batching::max_bytes`].
+    fn size(&self, _delivery: &Delivery) -> usize {
+        0
+    }
+
+    /// How long to wait before writing again after `failures` failed writes
+    /// in a row.
+    fn retry_delay(&mut self, failures: u32) -> Duration {
+        retry_delay(failures)
+    }
 }
 
-/// The most deliveries written in one batch.
+/// When the runner closes a batch: at whichever limit is reached first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    pub max_events: usize,
+    /// The most [`Sink::size`] a batch adds up to. A delivery that would take
+    /// the batch over it starts the next batch; one larger than this on its own
+    /// is written alone.
+    pub max_bytes: usize,
+    /// How long a batch's first delivery waits for more. Zero takes what is
+    /// queued and never waits.
+    pub timeout: Duration,
+}
+
+/// The most deliveries in one batch by default.
 const MAX_BATCH: usize = 1024;
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching {
+            max_events: MAX_BATCH,
+            max_bytes: usize::MAX,
+            timeout: Duration::ZERO,
+        }
+    }
+}
 
 /// Runs a sink until its queue closes (every stream feeding it has stopped and
 /// everything queued is written) or `abort` fires.
@@ -83,7 +128,10 @@ pub async fn run<S: Sink>(
     mut queue: mpsc::Receiver<Delivery>,
     abort: CancellationToken,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let limits = sink.batching();
+    let mut batch = Vec::with_capacity(limits.max_events.clamp(1, MAX_BATCH));
+    // A delivery that did not fit in the previous batch opens the next one.
+    let mut carry = None;
     let mut awaiting_sync = PendingAcks::default();
     let mut sync_timer = sink.sync_interval().map(|every| {
         let mut timer = tokio::time::interval(every);
@@ -91,23 +139,36 @@ pub async fn run<S: Sink>(
         timer
     });
     loop {
-        tokio::select! {
-            biased;
-            _ = abort.cancelled() => return,
-            received = queue.recv_many(&mut batch, MAX_BATCH) => {
-                if received == 0 {
+        let first = match carry.take() {
+            Some(first) => first,
+            None => tokio::select! {
+                biased;
+                _ = abort.cancelled() => return,
+                received = queue.recv() => match received {
+                    Some(first) => first,
+                    None => {
+                        sync_and_acknowledge(&name, &mut sink, &mut awaiting_sync).await;
+                        return;
+                    }
+                },
+                _ = tick(&mut sync_timer) => {
                     sync_and_acknowledge(&name, &mut sink, &mut awaiting_sync).await;
-                    return;
+                    continue;
                 }
-            }
-            _ = tick(&mut sync_timer) => {
-                sync_and_acknowledge(&name, &mut sink, &mut awaiting_sync).await;
-                continue;
-            }
+            },
+        };
+        batch.push(first);
+        if !fill(&sink, &mut queue, &mut batch, &mut carry, limits, &abort).await {
+            return;
         }
         let mut failures = 0u32;
         loop {
-            match sink.write(&mut batch).await {
+            let written = tokio::select! {
+                biased;
+                _ = abort.cancelled() => return,
+                written = sink.write(&mut batch) => written,
+            };
+            match written {
                 Ok(Written::Durable) => {
                     acknowledge(&batch);
                     break;
@@ -118,7 +179,7 @@ pub async fn run<S: Sink>(
                 }
                 Err(e) => {
                     failures += 1;
-                    let delay = retry_delay(failures);
+                    let delay = sink.retry_delay(failures);
                     tracing::warn!(
                         sink = %name,
                         "write failed: {e}; retrying in {:.1}s (attempt {failures}); its streams wait, nothing is skipped",
@@ -136,6 +197,47 @@ pub async fn run<S: Sink>(
         }
         batch.clear();
     }
+}
+
+/// Tops up `batch`, which holds its first delivery, to the sink's limits: takes
+/// what is queued and, if the sink asks for it, waits for more until
+/// `limits.timeout` after now. A delivery that would take the batch over
+/// `max_bytes` is left in `carry`. Returns false if `abort` fired.
+async fn fill<S: Sink>(
+    sink: &S,
+    queue: &mut mpsc::Receiver<Delivery>,
+    batch: &mut Vec<Delivery>,
+    carry: &mut Option<Delivery>,
+    limits: Batching,
+    abort: &CancellationToken,
+) -> bool {
+    let mut bytes: usize = batch.iter().map(|d| sink.size(d)).sum();
+    let deadline = tokio::time::Instant::now() + limits.timeout;
+    while batch.len() < limits.max_events {
+        let next = match queue.try_recv() {
+            Ok(next) => next,
+            Err(mpsc::error::TryRecvError::Empty) if !limits.timeout.is_zero() => {
+                tokio::select! {
+                    biased;
+                    _ = abort.cancelled() => return false,
+                    received = queue.recv() => match received {
+                        Some(next) => next,
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            Err(_) => break,
+        };
+        let size = sink.size(&next);
+        if bytes.saturating_add(size) > limits.max_bytes {
+            *carry = Some(next);
+            break;
+        }
+        bytes += size;
+        batch.push(next);
+    }
+    true
 }
 
 async fn tick(timer: &mut Option<tokio::time::Interval>) {

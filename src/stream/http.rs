@@ -1,9 +1,10 @@
 //! The HTTP side of a stream: the client, the request, and reading the answer.
 
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{self, HeaderMap, HeaderValue};
-use reqwest::{Client, Url};
+use reqwest::{Client, ClientBuilder, Url};
 
 use crate::config::StreamConfig;
 
@@ -22,7 +23,19 @@ pub fn build_client(config: &StreamConfig) -> Result<Client, String> {
     if !config.http2 {
         builder = builder.http1_only();
     }
-    if let Some(ca_file) = &config.ca_file {
+    with_tls(builder, config.ca_file.as_deref(), config.tls_insecure)?
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// Adds a private CA from `ca_file`, and turns verification off if
+/// `tls_insecure` (the caller warns about that).
+pub fn with_tls(
+    mut builder: ClientBuilder,
+    ca_file: Option<&Path>,
+    tls_insecure: bool,
+) -> Result<ClientBuilder, String> {
+    if let Some(ca_file) = ca_file {
         let pem = std::fs::read(ca_file)
             .map_err(|e| format!("cannot read ca_file {}: {e}", ca_file.display()))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
@@ -35,12 +48,10 @@ pub fn build_client(config: &StreamConfig) -> Result<Client, String> {
             builder = builder.add_root_certificate(cert);
         }
     }
-    if config.tls_insecure {
+    if tls_insecure {
         builder = builder.danger_accept_invalid_certs(true);
     }
-    builder
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+    Ok(builder)
 }
 
 /// The request headers for one attempt.
