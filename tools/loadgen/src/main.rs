@@ -1,0 +1,279 @@
+//! `loadgen`: an SSE server on loopback for `bench/run.sh`.
+//!
+//! It speaks just enough HTTP/1.1 (one request per connection, chunked bodies) to
+//! be fast and predictable, so what is measured is the client, not the server.
+//!
+//! * `GET /corpus/{small|large|multiline|huge}`: the corpus of issue 7 (the bytes
+//!   `benches/parser.rs` parses), pre-framed in `--chunk`-byte HTTP chunks and
+//!   written as fast as the socket takes them; then the response ends. With
+//!   `--once`, a second request for the same corpus gets 204 (an SSE client that
+//!   honours 204 stops, so a relay run ends by itself).
+//! * `GET /idle/{key}`: an idle stream for the scale test: one event
+//!   `id: {key}-{generation}` then a comment every `--heartbeat` (each stream at
+//!   its own phase). With `--drop-after`, the server closes it after that long
+//!   (each stream jittered). A request carrying `Last-Event-ID: {key}-{generation-1}`
+//!   is a correct resume after a server restart (start the next server with
+//!   `--generation` one higher on the same port).
+//!
+//! Every request is logged to `--log` as `<ms since start> <path> <Last-Event-ID or ->`.
+//! It stops by itself after `--exit-after` (and on SIGTERM/SIGINT).
+//! Only loopback addresses are accepted for `--addr`.
+
+#[allow(dead_code)] // the benches use the rest of it
+mod corpus;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Parser, Clone)]
+struct Args {
+    /// Where to listen (loopback only); port 0 picks one. Prints `listening ADDR`.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    addr: SocketAddr,
+    /// Corpora to generate and serve (comma-separated).
+    #[arg(long, default_value = "small,large,multiline")]
+    corpora: String,
+    /// HTTP chunk size of corpus bodies, in bytes.
+    #[arg(long, default_value_t = 16 << 10)]
+    chunk: usize,
+    /// Serve each corpus once; later requests for it get 204.
+    #[arg(long)]
+    once: bool,
+    /// Seconds between heartbeat comments on idle streams.
+    #[arg(long, default_value_t = 15.0)]
+    heartbeat: f64,
+    /// Close each idle stream after about this many seconds (0: never).
+    #[arg(long, default_value_t = 0.0)]
+    drop_after: f64,
+    /// This server's generation; ids are `{key}-{generation}`.
+    #[arg(long, default_value_t = 1)]
+    generation: u64,
+    /// Request log.
+    #[arg(long)]
+    log: Option<std::path::PathBuf>,
+    /// Stop after this many seconds whatever happens.
+    #[arg(long, default_value_t = 600.0)]
+    exit_after: f64,
+}
+
+struct Server {
+    args: Args,
+    start: Instant,
+    /// Pre-framed corpus bodies by name, and how often each was served.
+    corpora: HashMap<String, (Bytes, Mutex<u64>)>,
+    log: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
+}
+
+fn main() {
+    let args = Args::parse();
+    assert!(
+        args.addr.ip().is_loopback(),
+        "loadgen serves on loopback only"
+    );
+    let mut corpora = HashMap::new();
+    for name in args.corpora.split(',').filter(|n| !n.is_empty()) {
+        let corpus = corpus::by_name(name).unwrap_or_else(|| panic!("unknown corpus {name}"));
+        corpora.insert(
+            name.to_owned(),
+            (frame(&corpus.body, args.chunk), Mutex::new(0)),
+        );
+    }
+    let log = args
+        .log
+        .as_ref()
+        .map(|p| std::io::BufWriter::new(std::fs::File::create(p).expect("log file")));
+    let server = Arc::new(Server {
+        start: Instant::now(),
+        corpora,
+        log: Mutex::new(log),
+        args,
+    });
+    // Two worker threads at most: the machine it is made for has two cores, and
+    // the client under test needs them too.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(serve(server.clone()));
+    if let Some(log) = server.log.lock().unwrap().as_mut() {
+        let _ = log.flush();
+    }
+    // Idle connections may still be open: exit without waiting for them.
+    std::process::exit(0);
+}
+
+/// `body` as HTTP/1.1 chunked transfer coding, `size` bytes a chunk, with the
+/// terminating zero chunk.
+fn frame(body: &[u8], size: usize) -> Bytes {
+    let mut out = Vec::with_capacity(body.len() + body.len() / size * 12 + 16);
+    for piece in body.chunks(size) {
+        write!(out, "{:x}\r\n", piece.len()).unwrap();
+        out.extend_from_slice(piece);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    Bytes::from(out)
+}
+
+async fn serve(server: Arc<Server>) {
+    let listener = TcpListener::bind(server.args.addr).await.expect("bind");
+    println!("listening {}", listener.local_addr().unwrap());
+    let _ = std::io::stdout().flush();
+    let deadline = tokio::time::sleep(Duration::from_secs_f64(server.args.exit_after));
+    tokio::pin!(deadline);
+    let mut flush = tokio::time::interval(Duration::from_secs(1));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = flush.tick() => {
+                if let Some(log) = server.log.lock().unwrap().as_mut() {
+                    let _ = log.flush();
+                }
+            }
+            accepted = listener.accept() => {
+                let Ok((socket, _)) = accepted else { continue };
+                let _ = socket.set_nodelay(true);
+                tokio::spawn(handle(server.clone(), socket));
+            }
+        }
+    }
+}
+
+/// The request line's path and the `Last-Event-ID` header, from the request head.
+fn parse_head(head: &[u8]) -> Option<(String, Option<String>)> {
+    let text = std::str::from_utf8(head).ok()?;
+    let mut lines = text.split("\r\n");
+    let mut request = lines.next()?.split(' ');
+    let (_method, path) = (request.next()?, request.next()?);
+    let last_id = lines.find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("last-event-id")
+            .then(|| value.trim().to_owned())
+    });
+    Some((path.to_owned(), last_id))
+}
+
+async fn handle(server: Arc<Server>, mut socket: TcpStream) {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        if head.len() > 16 << 10 {
+            return;
+        }
+    }
+    let Some((path, last_id)) = parse_head(&head) else {
+        return;
+    };
+    if let Some(log) = server.log.lock().unwrap().as_mut() {
+        let _ = writeln!(
+            log,
+            "{:.3} {path} {}",
+            server.start.elapsed().as_secs_f64() * 1000.0,
+            last_id.as_deref().unwrap_or("-")
+        );
+    }
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n";
+    if let Some(name) = path.strip_prefix("/corpus/") {
+        let Some((body, served)) = server.corpora.get(name) else {
+            let _ = socket
+                .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                .await;
+            return;
+        };
+        let first = {
+            let mut served = served.lock().unwrap();
+            *served += 1;
+            *served == 1
+        };
+        if server.args.once && !first {
+            let _ = socket.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+            return;
+        }
+        if socket.write_all(OK).await.is_ok() {
+            let _ = socket.write_all(body).await;
+        }
+        let _ = socket.shutdown().await;
+    } else if let Some(key) = path.strip_prefix("/idle/") {
+        idle(&server, socket, key, OK).await;
+    } else {
+        let _ = socket
+            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+            .await;
+    }
+}
+
+/// A cheap per-key hash for phases and jitter (FNV-1a).
+fn hash(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn chunk(payload: &[u8]) -> Vec<u8> {
+    let mut out = format!("{:x}\r\n", payload.len()).into_bytes();
+    out.extend_from_slice(payload);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+async fn idle(server: &Server, mut socket: TcpStream, key: &str, ok: &[u8]) {
+    let args = &server.args;
+    let event = format!("id: {key}-{}\ndata: hello {key}\n\n", args.generation);
+    if socket.write_all(ok).await.is_err()
+        || socket.write_all(&chunk(event.as_bytes())).await.is_err()
+    {
+        return;
+    }
+    let h = hash(key);
+    // Each stream's heartbeats at its own phase, as independent servers would be.
+    let phase = Duration::from_secs_f64(args.heartbeat * (h % 1000) as f64 / 1000.0);
+    let mut beat = tokio::time::interval_at(
+        tokio::time::Instant::now() + phase,
+        Duration::from_secs_f64(args.heartbeat),
+    );
+    let drop_at = (args.drop_after > 0.0).then(|| {
+        let jitter = 0.5 + ((h >> 20) % 1000) as f64 / 1000.0;
+        tokio::time::Instant::now() + Duration::from_secs_f64(args.drop_after * jitter)
+    });
+    let dropped = async {
+        match drop_at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(dropped);
+    let mut scratch = [0u8; 64];
+    loop {
+        tokio::select! {
+            _ = beat.tick() => {
+                if socket.write_all(&chunk(b":\n")).await.is_err() {
+                    return;
+                }
+            }
+            // The client closed the connection.
+            read = socket.read(&mut scratch) => {
+                if matches!(read, Ok(0) | Err(_)) {
+                    return;
+                }
+            }
+            _ = &mut dropped => return,
+        }
+    }
+}
