@@ -61,6 +61,12 @@ fn file_ids(path: &Path) -> Vec<u64> {
 /// no id skipped ahead, and backward jumps (replays after a restart) at most
 /// `restarts`. Returns the number of duplicates.
 fn check_delivery(path: &Path, total: u64, restarts: usize) -> usize {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(
+        text.ends_with('\n'),
+        "{} ends with a torn line",
+        path.display()
+    );
     let ids = file_ids(path);
     assert_eq!(ids.first(), Some(&1), "{} starts at 1", path.display());
     let mut replays = 0;

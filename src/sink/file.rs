@@ -135,7 +135,10 @@ impl Files {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         // Reopen on the retry: the handle may be what is broken.
+                        // Reopening cuts a torn final line, so the retry must
+                        // start again from the beginning of that line.
                         self.open.remove(path.as_path());
+                        *written = memchr::memrchr(b'\n', &bytes[..*written]).map_or(0, |i| i + 1);
                         return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
                     }
                 }

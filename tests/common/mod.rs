@@ -283,11 +283,13 @@ pub fn split_cycling(body: &[u8], sizes: &[usize]) -> Vec<Vec<u8>> {
     out
 }
 
-/// Reads JSON-lines records from a file, or none if it does not exist yet.
+/// Reads JSON-lines records from a file, or none if it does not exist yet. A
+/// final line without its `\n` is being written right now and is left out.
 pub fn read_records(path: &std::path::Path) -> Vec<serde_json::Value> {
     match std::fs::read_to_string(path) {
         Ok(text) => text
-            .lines()
+            .split_inclusive('\n')
+            .filter_map(|l| l.strip_suffix('\n'))
             .map(|l| {
                 serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record line {l:?}: {e}"))
             })
