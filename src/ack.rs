@@ -110,6 +110,15 @@ impl AckTracker {
             .map_or_else(|| state.latest_id.clone(), |sink| sink.acked_id.clone())
     }
 
+    /// Whether any sink still holds events of this stream it has not
+    /// acknowledged.
+    pub fn has_in_flight(&self) -> bool {
+        self.lock()
+            .sinks
+            .iter()
+            .any(|sink| sink.acked < sink.routed)
+    }
+
     /// Events routed to the sink in `slot` and not yet acknowledged, as
     /// sequence numbers (a bound, not a count: filtered events count too).
     pub fn in_flight(&self, slot: usize) -> u64 {

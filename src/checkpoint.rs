@@ -134,6 +134,8 @@ pub struct Tracked {
     pub tracker: Arc<crate::ack::AckTracker>,
     /// What is on disk now.
     pub saved: Arc<str>,
+    /// Set to the Unix time of each save, for the checkpoint-age metric.
+    pub saved_at: crate::metrics::SecondsGauge,
 }
 
 impl Tracked {
@@ -145,7 +147,10 @@ impl Tracked {
             return;
         }
         match store.save(&self.stream, &current) {
-            Ok(()) => self.saved = current,
+            Ok(()) => {
+                self.saved = current;
+                self.saved_at.set(crate::metrics::unix_now());
+            }
             Err(e) => tracing::warn!(
                 stream = %self.stream,
                 "cannot save checkpoint to {}: {e}; retrying at the next interval",

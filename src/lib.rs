@@ -18,6 +18,8 @@ pub mod check;
 pub mod checkpoint;
 pub mod config;
 pub mod demo;
+pub mod metrics;
+pub mod notify;
 pub mod record;
 pub mod route;
 pub mod sink;

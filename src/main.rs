@@ -135,7 +135,7 @@ fn main() -> ExitCode {
                     insecure,
                 };
                 match tail.config(encoding) {
-                    Ok(config) => relay(&config, Checkpoints::InMemory).await,
+                    Ok(config) => relay(&config, Checkpoints::InMemory, None).await,
                     Err(e) => fail(e),
                 }
             }
@@ -150,16 +150,23 @@ fn fail(error: impl std::fmt::Display) -> ExitCode {
 }
 
 async fn run(path: PathBuf) -> ExitCode {
-    match Config::load(&path) {
-        Ok(config) => relay(&config, Checkpoints::OnDisk).await,
-        Err(e) => fail(e),
-    }
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(e) => return fail(e),
+    };
+    let reloader: supervisor::Reloader =
+        Box::new(move || Config::load(&path).map_err(|e| e.to_string()));
+    relay(&config, Checkpoints::OnDisk, Some(reloader)).await
 }
 
-async fn relay(config: &Config, checkpoints: Checkpoints) -> ExitCode {
+async fn relay(
+    config: &Config,
+    checkpoints: Checkpoints,
+    reloader: Option<supervisor::Reloader>,
+) -> ExitCode {
     let shutdown = Shutdown::default();
     let signals = tokio::spawn(watch_signals(shutdown.clone()));
-    let result = supervisor::run(config, checkpoints, shutdown).await;
+    let result = supervisor::run_with_reload(config, checkpoints, shutdown, reloader).await;
     signals.abort();
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -167,19 +174,23 @@ async fn relay(config: &Config, checkpoints: Checkpoints) -> ExitCode {
     }
 }
 
-/// First SIGTERM/SIGINT: drain and exit. Second: stop waiting.
+/// First SIGTERM/SIGINT: drain and exit. Second: stop waiting. SIGHUP: reload.
 async fn watch_signals(shutdown: Shutdown) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
         return;
     };
-    let first = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    let first = loop {
+        tokio::select! {
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = hup.recv() => shutdown.reload.notify_one(),
+        }
     };
     tracing::info!("{first}: stopping streams and draining sinks (a second signal stops at once)");
     shutdown.drain.cancel();
@@ -216,7 +227,7 @@ async fn demo(events: u64) -> ExitCode {
     stream.backoff_max = Duration::from_secs(2);
     stream.idle_timeout = Duration::from_secs(10);
     let config = single_stream_config(stream, Encoding::Json);
-    relay(&config, Checkpoints::InMemory).await
+    relay(&config, Checkpoints::InMemory, None).await
 }
 
 struct TailArgs {
@@ -294,6 +305,7 @@ fn single_stream_config(stream: StreamConfig, encoding: Encoding) -> Config {
         shutdown_timeout: Duration::from_secs(10),
         streams: [(stream.name.clone(), stream)].into(),
         sinks: [(sink.name.clone(), sink)].into(),
+        metrics: None,
     }
 }
 

@@ -7,10 +7,10 @@
 //! event is dropped for that sink only, counted and logged, and that sink never
 //! holds the stream's checkpoint back.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
 use crate::ack::AckTracker;
@@ -26,8 +26,9 @@ pub struct Route {
     pub queue: mpsc::Sender<Delivery>,
     pub event_types: Option<Arc<[String]>>,
     pub when_full: WhenFull,
-    /// Events dropped because the queue was full (`drop_newest` only).
-    pub dropped: Arc<AtomicU64>,
+    /// Events dropped because the queue was full (`drop_newest` only); shared
+    /// by every stream routed to the sink.
+    pub dropped: Counter,
 }
 
 impl Route {
@@ -94,7 +95,7 @@ impl Router {
                 WhenFull::DropNewest => match route.queue.try_send(delivery) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
-                        let dropped = route.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                        let dropped = route.dropped.inc() + 1;
                         if dropped == 1 || dropped.is_multiple_of(10_000) {
                             tracing::warn!(
                                 "stream={} sink {} queue is full: dropped event (when_full = \"drop_newest\"; {dropped} dropped so far)",

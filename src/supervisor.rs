@@ -1,8 +1,16 @@
 //! The supervisor: starts a task per sink and per stream, keeps checkpoints,
-//! and shuts everything down in the order that loses nothing.
+//! reloads the configuration, and shuts everything down in the order that
+//! loses nothing.
 //!
 //! Start: load each stream's checkpoint (a broken one stops start-up with an
 //! error), start the sinks, then the streams, then the checkpoint writer.
+//!
+//! Reload (SIGHUP): read the configuration again; an invalid one is refused and
+//! the running one kept. Streams whose settings and routes did not change keep
+//! their connections. Removed streams stop; changed ones stop, wait until their
+//! sinks acknowledged what they were given, and start again from that point.
+//! A sink whose settings changed is drained and replaced (and the streams it
+//! takes restart with it). File sinks reopen their files (for logrotate).
 //!
 //! Stop (`drain` fired, or every stream was told 204 by its server):
 //! 1. streams stop reading; dropping their routes closes the sink queues;
@@ -13,19 +21,21 @@
 //! checkpoint only ever names acknowledged events, so nothing is skipped on the
 //! next start.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::AckTracker;
 use crate::checkpoint::{CheckpointError, CheckpointStore, Tracked};
-use crate::config::{Config, SinkKind};
+use crate::config::{Config, SinkConfig, SinkKind, StreamConfig};
+use crate::metrics::{Metrics, Stage};
+use crate::notify;
 use crate::route::{Route, Router};
-use crate::sink::{self, Delivery, FileSink, StdoutSink, WebhookSink};
+use crate::sink::{self, Delivery, FileSink, SinkTask, StdoutSink, WebhookSink};
 use crate::stream::{Stream, StreamEnd};
 
 /// Why the daemon could not run.
@@ -34,6 +44,7 @@ pub enum RunError {
     Checkpoint(CheckpointError),
     Stream { stream: String, problem: String },
     Sink { sink: String, problem: String },
+    Metrics(String),
 }
 
 impl std::fmt::Display for RunError {
@@ -44,18 +55,20 @@ impl std::fmt::Display for RunError {
                 write!(f, "error: stream `{stream}`: {problem}")
             }
             RunError::Sink { sink, problem } => write!(f, "error: sink `{sink}`: {problem}"),
+            RunError::Metrics(problem) => write!(f, "error: metrics: {problem}"),
         }
     }
 }
 
 impl std::error::Error for RunError {}
 
-/// Signals that end a run: `drain` stops reading and drains the sinks; `abort`
-/// stops waiting for them.
+/// What ends or changes a run: `drain` stops reading and drains the sinks;
+/// `abort` stops waiting for them; `reload` re-reads the configuration.
 #[derive(Debug, Clone, Default)]
 pub struct Shutdown {
     pub drain: CancellationToken,
     pub abort: CancellationToken,
+    pub reload: Arc<Notify>,
 }
 
 /// Whether checkpoints are kept on disk (`run`) or only in memory (`tail`, `demo`).
@@ -65,146 +78,500 @@ pub enum Checkpoints {
     InMemory,
 }
 
+/// Reads the configuration again for a reload; the error text is what `check`
+/// would print.
+pub type Reloader = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
 /// Runs `config` until every stream has stopped for good or `shutdown` says so.
 pub async fn run(
     config: &Config,
     checkpoints: Checkpoints,
     shutdown: Shutdown,
 ) -> Result<(), RunError> {
+    run_with_reload(config, checkpoints, shutdown, None).await
+}
+
+/// Like [`run`], re-reading the configuration with `reloader` whenever
+/// `shutdown.reload` is notified.
+pub async fn run_with_reload(
+    config: &Config,
+    checkpoints: Checkpoints,
+    shutdown: Shutdown,
+    reloader: Option<Reloader>,
+) -> Result<(), RunError> {
+    let metrics = Arc::new(Metrics::new());
+    if let Some(metrics_config) = &config.metrics {
+        let addr = metrics
+            .clone()
+            .serve(metrics_config.listen)
+            .await
+            .map_err(|e| {
+                RunError::Metrics(format!("cannot listen on {}: {e}", metrics_config.listen))
+            })?;
+        tracing::info!("serving /metrics and /health on http://{addr}");
+    }
     let store = match checkpoints {
         Checkpoints::OnDisk => {
             Some(CheckpointStore::open(&config.data_dir).map_err(RunError::Checkpoint)?)
         }
         Checkpoints::InMemory => None,
     };
-    let mut resume_points = BTreeMap::new();
-    for (name, stream) in &config.streams {
-        let saved = match &store {
+    let (ended_tx, ended_rx) = mpsc::unbounded_channel();
+    let (reopen, _) = watch::channel(0u64);
+    let mut supervisor = Supervisor {
+        config: config.clone(),
+        store,
+        metrics,
+        shutdown,
+        sinks: BTreeMap::new(),
+        streams: BTreeMap::new(),
+        checkpoints: Arc::new(Mutex::new(BTreeMap::new())),
+        ended_tx,
+        generation: 0,
+        reopen,
+    };
+    supervisor.start().await?;
+    let keepalive = notify::spawn_keepalive(supervisor.metrics.clone());
+    supervisor.serve(ended_rx, reloader).await;
+    if let Some(keepalive) = keepalive {
+        keepalive.abort();
+    }
+    Ok(())
+}
+
+struct RunningSink {
+    config: SinkConfig,
+    queue: mpsc::Sender<Delivery>,
+    abort: CancellationToken,
+    task: JoinHandle<()>,
+    dropped: prometheus_client::metrics::counter::Counter,
+}
+
+struct RunningStream {
+    config: StreamConfig,
+    /// The sinks it is routed to, by name.
+    routes: Vec<String>,
+    stop: CancellationToken,
+    task: JoinHandle<StreamEnd>,
+    tracker: Arc<AckTracker>,
+    generation: u64,
+}
+
+struct Supervisor {
+    config: Config,
+    store: Option<CheckpointStore>,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+    sinks: BTreeMap<String, RunningSink>,
+    streams: BTreeMap<String, RunningStream>,
+    /// Shared with the checkpoint writer.
+    checkpoints: Arc<Mutex<BTreeMap<String, Tracked>>>,
+    /// Streams stopped by their server (204) report here, with their generation.
+    ended_tx: mpsc::UnboundedSender<(String, u64)>,
+    generation: u64,
+    reopen: watch::Sender<u64>,
+}
+
+impl Supervisor {
+    async fn start(&mut self) -> Result<(), RunError> {
+        let mut resume = BTreeMap::new();
+        for (name, stream) in &self.config.streams {
+            resume.insert(name.clone(), self.resume_point(name, stream)?);
+        }
+        let sinks: Vec<SinkConfig> = self.config.sinks.values().cloned().collect();
+        for sink in &sinks {
+            self.start_sink(sink)?;
+        }
+        let streams: Vec<StreamConfig> = self.config.streams.values().cloned().collect();
+        for stream in streams {
+            let from = resume.remove(&stream.name).unwrap_or_default();
+            self.start_stream(stream, &from)?;
+        }
+        tracing::info!(
+            "started {} stream(s) and {} sink(s)",
+            self.config.streams.len(),
+            self.config.sinks.len()
+        );
+        self.metrics.set_stage(Stage::Running);
+        notify::ready(&notify::status_line(&self.metrics));
+        Ok(())
+    }
+
+    /// Where `stream` starts: its checkpoint, else `initial_last_event_id`.
+    fn resume_point(&self, name: &str, stream: &StreamConfig) -> Result<String, RunError> {
+        let saved = match &self.store {
             Some(store) => store.load(name).map_err(RunError::Checkpoint)?,
             None => None,
         };
-        let from_checkpoint = saved.is_some();
-        let id = saved
+        if let Some(id) = &saved {
+            if !id.is_empty() {
+                tracing::info!("stream={name} resuming from checkpoint, Last-Event-ID {id}");
+            }
+        }
+        Ok(saved
             .or_else(|| stream.initial_last_event_id.clone())
-            .unwrap_or_default();
-        resume_points.insert(name.clone(), (id, from_checkpoint));
+            .unwrap_or_default())
     }
 
-    let mut sink_tasks = JoinSet::new();
-    let mut queues: BTreeMap<&str, mpsc::Sender<Delivery>> = BTreeMap::new();
-    for (name, sink_config) in &config.sinks {
-        let (sender, receiver) = mpsc::channel(sink_config.queue_size);
-        queues.insert(name, sender);
-        let abort = shutdown.abort.clone();
-        let name = name.clone();
-        match &sink_config.kind {
-            SinkKind::Stdout => {
-                let sink = StdoutSink::new(sink_config.encoding);
-                sink_tasks.spawn(sink::run(name, sink, receiver, abort));
+    async fn serve(
+        &mut self,
+        mut ended: mpsc::UnboundedReceiver<(String, u64)>,
+        reloader: Option<Reloader>,
+    ) {
+        let writer_stop = CancellationToken::new();
+        let writer = tokio::spawn(checkpoint_writer(
+            self.store.clone(),
+            self.checkpoints.clone(),
+            self.config.checkpoint_interval,
+            writer_stop.clone(),
+        ));
+        let reload = self.shutdown.reload.clone();
+        while !self.streams.is_empty() {
+            tokio::select! {
+                _ = self.shutdown.drain.cancelled() => break,
+                _ = reload.notified() => match &reloader {
+                    Some(reloader) => self.reload(reloader).await,
+                    None => tracing::warn!("reload asked for, but this run has no configuration file to re-read"),
+                },
+                Some((name, generation)) = ended.recv() => {
+                    if self.streams.get(&name).is_some_and(|s| s.generation == generation) {
+                        self.streams.remove(&name);
+                    }
+                    if self.streams.is_empty() {
+                        tracing::info!("every stream was stopped by its server (HTTP 204); finishing");
+                    }
+                }
             }
+        }
+        self.metrics.set_stage(Stage::Draining);
+        notify::stopping("stopping: draining sink queues");
+        for stream in self.streams.values() {
+            stream.stop.cancel();
+        }
+        for (_, stream) in std::mem::take(&mut self.streams) {
+            let _ = stream.task.await;
+        }
+        let sinks: Vec<RunningSink> = std::mem::take(&mut self.sinks).into_values().collect();
+        drain_sinks(sinks, self.config.shutdown_timeout, &self.shutdown.abort).await;
+        writer_stop.cancel();
+        let _ = writer.await;
+        tracing::info!("stopped");
+    }
+
+    fn start_sink(&mut self, config: &SinkConfig) -> Result<(), RunError> {
+        let (queue, receiver) = mpsc::channel(config.queue_size);
+        let abort = self.shutdown.abort.child_token();
+        let metrics = self.metrics.sink(&config.name);
+        let dropped = metrics.dropped.clone();
+        let task = SinkTask {
+            name: config.name.clone(),
+            queue: receiver,
+            abort: abort.clone(),
+            metrics,
+            reopen: self.reopen.subscribe(),
+        };
+        let handle = match &config.kind {
+            SinkKind::Stdout => tokio::spawn(sink::run(StdoutSink::new(config.encoding), task)),
             SinkKind::File {
                 path,
                 fsync,
                 fsync_interval,
             } => {
                 let sink =
-                    FileSink::new(&name, path, sink_config.encoding, *fsync, *fsync_interval);
-                sink_tasks.spawn(sink::run(name, sink, receiver, abort));
+                    FileSink::new(&config.name, path, config.encoding, *fsync, *fsync_interval);
+                tokio::spawn(sink::run(sink, task))
             }
             SinkKind::Webhook(webhook) => {
-                let sink = WebhookSink::new(&name, webhook.clone(), sink_config.encoding).map_err(
-                    |problem| RunError::Sink {
-                        sink: name.clone(),
+                let sink = WebhookSink::new(&config.name, webhook.clone(), config.encoding)
+                    .map_err(|problem| RunError::Sink {
+                        sink: config.name.clone(),
                         problem,
-                    },
-                )?;
-                sink_tasks.spawn(sink::run(name, sink, receiver, abort));
+                    })?;
+                tokio::spawn(sink::run(sink, task))
             }
-        }
+        };
+        self.sinks.insert(
+            config.name.clone(),
+            RunningSink {
+                config: config.clone(),
+                queue,
+                abort,
+                task: handle,
+                dropped,
+            },
+        );
+        Ok(())
     }
 
-    let mut stream_tasks = JoinSet::new();
-    let mut tracked = Vec::new();
-    for (name, stream_config) in &config.streams {
-        let routes: Vec<Route> = config
+    /// The sinks of the current configuration that take `stream`.
+    fn routes_of(&self, stream: &str) -> Vec<String> {
+        self.config
             .sinks
             .values()
-            .filter(|sink| sink.takes_stream(name))
-            .map(|sink| Route {
-                sink: Arc::from(sink.name.as_str()),
-                queue: queues[sink.name.as_str()].clone(),
-                event_types: sink.event_types.as_ref().map(|t| Arc::from(t.as_slice())),
-                when_full: sink.when_full,
-                dropped: Default::default(),
-            })
-            .collect();
-        if routes.is_empty() {
+            .filter(|sink| sink.takes_stream(stream))
+            .map(|sink| sink.name.clone())
+            .collect()
+    }
+
+    fn start_stream(&mut self, config: StreamConfig, resume_from: &str) -> Result<(), RunError> {
+        let name = config.name.clone();
+        let route_names = self.routes_of(&name);
+        if route_names.is_empty() {
             tracing::warn!(
                 "stream={name} no sink takes this stream; its events are read and discarded"
             );
         }
-        let (start_id, from_checkpoint) = &resume_points[name];
-        let tracker = Arc::new(AckTracker::new(routes.len(), start_id));
+        let routes: Vec<Route> = route_names
+            .iter()
+            .filter_map(|sink_name| {
+                let running = self.sinks.get(sink_name)?;
+                Some(Route {
+                    sink: Arc::from(sink_name.as_str()),
+                    queue: running.queue.clone(),
+                    event_types: running
+                        .config
+                        .event_types
+                        .as_ref()
+                        .map(|t| Arc::from(t.as_slice())),
+                    when_full: running.config.when_full,
+                    dropped: running.dropped.clone(),
+                })
+            })
+            .collect();
+        let tracker = Arc::new(AckTracker::new(routes.len(), resume_from));
         let router = Router::new(Arc::from(name.as_str()), routes, tracker.clone());
-        let stream = Stream::new(stream_config.clone(), router, start_id).map_err(|problem| {
-            RunError::Stream {
-                stream: name.clone(),
-                problem,
+        let metrics = self.metrics.stream(&name);
+        let saved_at = metrics.checkpoint_saved.clone();
+        let stream =
+            Stream::new(config.clone(), router, resume_from, metrics).map_err(|problem| {
+                RunError::Stream {
+                    stream: name.clone(),
+                    problem,
+                }
+            })?;
+        {
+            let mut checkpoints = lock(&self.checkpoints);
+            let saved = checkpoints
+                .get(&name)
+                .map_or_else(|| Arc::from(resume_from), |t| t.saved.clone());
+            checkpoints.insert(
+                name.clone(),
+                Tracked {
+                    stream: name.clone(),
+                    tracker: tracker.clone(),
+                    saved,
+                    saved_at,
+                },
+            );
+        }
+        self.generation += 1;
+        let generation = self.generation;
+        let stop = self.shutdown.drain.child_token();
+        let ended = self.ended_tx.clone();
+        let task_stop = stop.clone();
+        let task_name = name.clone();
+        let task = tokio::spawn(async move {
+            let end = stream.run(task_stop).await;
+            if end == StreamEnd::StoppedByServer {
+                let _ = ended.send((task_name, generation));
             }
-        })?;
-        if *from_checkpoint && !start_id.is_empty() {
-            tracing::info!("stream={name} resuming from checkpoint, Last-Event-ID {start_id}");
-        }
-        tracked.push(Tracked {
-            stream: name.clone(),
-            tracker,
-            saved: Arc::from(start_id.as_str()),
+            end
         });
-        stream_tasks.spawn(stream.run(shutdown.drain.child_token()));
+        self.streams.insert(
+            name,
+            RunningStream {
+                config,
+                routes: route_names,
+                stop,
+                task,
+                tracker,
+                generation,
+            },
+        );
+        Ok(())
     }
-    // From here on only the streams' routes hold the queues: when the last
-    // stream feeding a sink ends, its queue closes and the sink drains and stops.
-    drop(queues);
 
-    let writer_stop = CancellationToken::new();
-    let writer = tokio::spawn(checkpoint_writer(
-        store,
-        tracked,
-        config.checkpoint_interval,
-        writer_stop.clone(),
-    ));
-    tracing::info!(
-        "started {} stream(s) and {} sink(s)",
-        config.streams.len(),
-        config.sinks.len()
-    );
-
-    let mut stopped_by_server = 0;
-    while let Some(end) = stream_tasks.join_next().await {
-        if let Ok(StreamEnd::StoppedByServer) = end {
-            stopped_by_server += 1;
+    async fn reload(&mut self, reloader: &Reloader) {
+        notify::reloading();
+        self.metrics.set_stage(Stage::Starting);
+        tracing::info!("reloading the configuration");
+        match reloader() {
+            Ok(new) => self.apply(new).await,
+            Err(error) => {
+                tracing::error!(
+                    "reload refused, the running configuration stays in force:\n{error}"
+                )
+            }
         }
+        // File sinks reopen their files (logrotate's postrotate sends SIGHUP).
+        self.reopen.send_modify(|generation| *generation += 1);
+        self.metrics.set_stage(Stage::Running);
+        notify::ready(&notify::status_line(&self.metrics));
     }
-    if stopped_by_server == config.streams.len() {
-        tracing::info!("every stream was stopped by its server (HTTP 204); finishing");
+
+    /// Moves from the running configuration to `new`, touching only what changed.
+    async fn apply(&mut self, new: Config) {
+        if new.metrics != self.config.metrics {
+            tracing::warn!("[metrics] changes take effect at the next restart");
+        }
+        let changed_sinks: BTreeSet<String> = self
+            .sinks
+            .iter()
+            .filter(|(name, running)| new.sinks.get(*name) != Some(&running.config))
+            .map(|(name, _)| name.clone())
+            .collect();
+        self.config = new;
+        let mut to_stop = Vec::new();
+        for (name, running) in &self.streams {
+            let unchanged = self.config.streams.get(name) == Some(&running.config)
+                && self.routes_of(name) == running.routes
+                && !running
+                    .routes
+                    .iter()
+                    .any(|sink| changed_sinks.contains(sink));
+            if !unchanged {
+                to_stop.push(name.clone());
+            }
+        }
+
+        // Stop the streams that go or change, and wait until what they queued is
+        // acknowledged (or the sink is about to be replaced anyway).
+        let mut resume = BTreeMap::new();
+        for name in &to_stop {
+            let Some(running) = self.streams.remove(name) else {
+                continue;
+            };
+            running.stop.cancel();
+            let _ = running.task.await;
+            if !running
+                .routes
+                .iter()
+                .any(|sink| changed_sinks.contains(sink))
+            {
+                wait_acknowledged(&running.tracker, self.config.shutdown_timeout).await;
+            }
+            resume.insert(name.clone(), running.tracker);
+        }
+        let stopping: Vec<RunningSink> = changed_sinks
+            .iter()
+            .filter_map(|name| self.sinks.remove(name))
+            .collect();
+        drain_sinks(stopping, self.config.shutdown_timeout, &self.shutdown.abort).await;
+
+        // Save where the stopped streams got to; forget the removed ones.
+        let mut removed = Vec::new();
+        if let Some(store) = &self.store {
+            let mut checkpoints = lock(&self.checkpoints);
+            for name in &to_stop {
+                if let Some(tracked) = checkpoints.get_mut(name) {
+                    tracked.flush(store);
+                }
+                if !self.config.streams.contains_key(name) {
+                    checkpoints.remove(name);
+                    removed.push(name.clone());
+                }
+            }
+        } else {
+            removed.extend(
+                to_stop
+                    .iter()
+                    .filter(|n| !self.config.streams.contains_key(*n))
+                    .cloned(),
+            );
+        }
+        for name in &removed {
+            self.metrics.remove_stream(name);
+        }
+
+        let new_sinks: Vec<SinkConfig> = self
+            .config
+            .sinks
+            .values()
+            .filter(|sink| !self.sinks.contains_key(&sink.name))
+            .cloned()
+            .collect();
+        for sink in &new_sinks {
+            if let Err(e) = self.start_sink(sink) {
+                tracing::error!("{e}; its streams run without it until the next reload");
+            }
+        }
+        let mut added = 0;
+        let mut restarted = 0;
+        let starting: Vec<StreamConfig> = self
+            .config
+            .streams
+            .values()
+            .filter(|s| !self.streams.contains_key(&s.name))
+            .cloned()
+            .collect();
+        for stream in starting {
+            let from = match resume.get(&stream.name) {
+                Some(tracker) => {
+                    restarted += 1;
+                    tracker.checkpoint().to_string()
+                }
+                None => {
+                    added += 1;
+                    match self.resume_point(&stream.name, &stream) {
+                        Ok(from) => from,
+                        Err(e) => {
+                            tracing::error!("{e}; stream not started");
+                            continue;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = self.start_stream(stream, &from) {
+                tracing::error!("{e}; stream not started");
+            }
+        }
+        let kept = self.streams.len() - added - restarted;
+        tracing::info!(
+            "reloaded: {kept} stream(s) unchanged, {added} added, {restarted} restarted, {} removed; {} sink(s) replaced or removed, {} started",
+            removed.len(),
+            changed_sinks.len(),
+            new_sinks.len()
+        );
     }
-    drain_sinks(&mut sink_tasks, config.shutdown_timeout, &shutdown.abort).await;
-    writer_stop.cancel();
-    let _ = writer.await;
-    tracing::info!("stopped");
-    Ok(())
 }
 
-async fn drain_sinks(sinks: &mut JoinSet<()>, timeout: Duration, abort: &CancellationToken) {
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Checkpoint entries are replaced whole; a panic elsewhere cannot tear one.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Waits until the sinks acknowledged everything `tracker`'s stream queued.
+async fn wait_acknowledged(tracker: &AckTracker, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tracker.has_in_flight() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Closes the sinks' queues and waits for them to write what they hold, up to
+/// `timeout` or until `abort` fires; then stops them.
+async fn drain_sinks(sinks: Vec<RunningSink>, timeout: Duration, abort: &CancellationToken) {
     if sinks.is_empty() {
         return;
     }
-    let all_done = async { while sinks.join_next().await.is_some() {} };
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut aborts = Vec::new();
+    for sink in sinks {
+        drop(sink.queue);
+        let task = sink.task;
+        tasks.spawn(async move {
+            let _ = task.await;
+        });
+        aborts.push(sink.abort);
+    }
+    let all_done = async { while tasks.join_next().await.is_some() {} };
     tokio::select! {
         _ = all_done => {}
         _ = tokio::time::sleep(timeout) => {
             tracing::warn!(
-                "sinks did not finish within shutdown_timeout ({}); what they hold is not acknowledged and will be sent again after restart",
+                "sinks did not finish within shutdown_timeout ({}); what they hold is not acknowledged and will be sent again",
                 humantime::format_duration(timeout)
             );
         }
@@ -212,14 +579,16 @@ async fn drain_sinks(sinks: &mut JoinSet<()>, timeout: Duration, abort: &Cancell
             tracing::warn!("second signal: not waiting for sinks; unacknowledged events will be sent again after restart");
         }
     }
-    abort.cancel();
-    sinks.shutdown().await;
+    for abort in aborts {
+        abort.cancel();
+    }
+    while tasks.join_next().await.is_some() {}
 }
 
 /// Saves moved checkpoints every `interval`, and once more when stopped.
 async fn checkpoint_writer(
     store: Option<CheckpointStore>,
-    mut tracked: Vec<Tracked>,
+    tracked: Arc<Mutex<BTreeMap<String, Tracked>>>,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -232,21 +601,17 @@ async fn checkpoint_writer(
             _ = stop.cancelled() => true,
         };
         // Saving fsyncs: keep it off the async workers.
-        let store_for_round = store.clone();
-        tracked = match tokio::task::spawn_blocking(move || {
-            for t in &mut tracked {
-                t.flush(&store_for_round);
+        let store = store.clone();
+        let tracked = tracked.clone();
+        let round = tokio::task::spawn_blocking(move || {
+            for t in lock(&tracked).values_mut() {
+                t.flush(&store);
             }
-            tracked
-        })
-        .await
-        {
-            Ok(tracked) => tracked,
-            Err(e) => {
-                tracing::error!("checkpoint writer failed: {e}");
-                return;
-            }
-        };
+        });
+        if let Err(e) = round.await {
+            tracing::error!("checkpoint writer failed: {e}");
+            return;
+        }
         if last_round {
             return;
         }

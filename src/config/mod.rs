@@ -40,6 +40,13 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub streams: BTreeMap<String, StreamConfig>,
     pub sinks: BTreeMap<String, SinkConfig>,
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// The `[metrics]` table: where `/metrics` and `/health` are served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub listen: std::net::SocketAddr,
 }
 
 /// One `[streams.NAME]` table.
@@ -227,6 +234,13 @@ struct RawConfig {
     streams: BTreeMap<String, Spanned<RawStream>>,
     #[serde(default)]
     sinks: BTreeMap<String, Spanned<RawSink>>,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -472,7 +486,21 @@ impl Validator<'_> {
             shutdown_timeout: raw.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
             streams,
             sinks,
+            metrics: raw.metrics.map(|m| self.metrics(&m)).transpose()?,
         })
+    }
+
+    fn metrics(&self, raw: &RawMetrics) -> Result<MetricsConfig, ConfigError> {
+        let text = self.expand(&raw.listen)?;
+        let listen = text.parse().map_err(|_| {
+            self.error(
+                raw.listen.span(),
+                format!("invalid listen address `{text}`"),
+            )
+            .with_key("listen")
+            .with_help("write an IP address and port, e.g. \"127.0.0.1:9464\"")
+        })?;
+        Ok(MetricsConfig { listen })
     }
 
     fn check_name(&self, kind: &str, name: &str, span: Range<usize>) -> Result<(), ConfigError> {

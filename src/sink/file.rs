@@ -36,6 +36,8 @@ struct Files {
     pending: Vec<PendingWrite>,
     /// Files written since the last fsync (for the `interval` policy).
     unsynced: HashSet<PathBuf>,
+    /// Reopen every file before the next batch (logrotate moved them).
+    reopen_requested: bool,
 }
 
 struct PendingWrite {
@@ -61,6 +63,7 @@ impl FileSink {
                 open: HashMap::new(),
                 pending: Vec::new(),
                 unsynced: HashSet::new(),
+                reopen_requested: false,
             })),
             fsync,
             fsync_interval,
@@ -107,6 +110,12 @@ impl Sink for FileSink {
     fn sync_interval(&self) -> Option<Duration> {
         (self.fsync == FsyncPolicy::Interval).then_some(self.fsync_interval)
     }
+
+    fn reopen(&mut self) {
+        if let Some(files) = &mut self.files {
+            files.reopen_requested = true;
+        }
+    }
 }
 
 impl Files {
@@ -116,6 +125,15 @@ impl Files {
 
     fn write(&mut self, batch: &[Delivery]) -> io::Result<Written> {
         if self.pending.is_empty() {
+            // Only between batches: a batch half written to the old file must
+            // be finished there, or its torn line would stay behind in it.
+            if self.reopen_requested {
+                // What went to the old files is fsynced there first (the
+                // `interval` policy), so no acknowledgement waits on a closed file.
+                self.sync()?;
+                self.open.clear();
+                self.reopen_requested = false;
+            }
             self.encode(batch);
         }
         for i in 0..self.pending.len() {

@@ -26,10 +26,11 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::AckTracker;
+use crate::metrics::SinkMetrics;
 use crate::record::Record;
 
 pub use file::FileSink;
@@ -78,6 +79,10 @@ pub trait Sink: Send + 'static {
     }
 
     /// How the runner forms batches for this sink.
+    /// Closes and reopens output files (after logrotate moved them). Called
+    /// between batches; the default does nothing.
+    fn reopen(&mut self) {}
+
     fn batching(&self) -> Batching {
         Batching::default()
     }
@@ -120,14 +125,27 @@ impl Default for Batching {
     }
 }
 
+/// What a running sink is connected to.
+pub struct SinkTask {
+    pub name: String,
+    pub queue: mpsc::Receiver<Delivery>,
+    /// Stops the sink at once, even mid-write (a second signal).
+    pub abort: CancellationToken,
+    pub metrics: SinkMetrics,
+    /// Bumped to ask file sinks to reopen their files (SIGHUP, for logrotate).
+    pub reopen: watch::Receiver<u64>,
+}
+
 /// Runs a sink until its queue closes (every stream feeding it has stopped and
 /// everything queued is written) or `abort` fires.
-pub async fn run<S: Sink>(
-    name: String,
-    mut sink: S,
-    mut queue: mpsc::Receiver<Delivery>,
-    abort: CancellationToken,
-) {
+pub async fn run<S: Sink>(mut sink: S, task: SinkTask) {
+    let SinkTask {
+        name,
+        mut queue,
+        abort,
+        metrics,
+        mut reopen,
+    } = task;
     let limits = sink.batching();
     let mut batch = Vec::with_capacity(limits.max_events.clamp(1, MAX_BATCH));
     // A delivery that did not fit in the previous batch opens the next one.
@@ -161,6 +179,11 @@ pub async fn run<S: Sink>(
         if !fill(&sink, &mut queue, &mut batch, &mut carry, limits, &abort).await {
             return;
         }
+        metrics.queue_depth.set(queue.len() as i64);
+        if reopen.has_changed().unwrap_or(false) {
+            reopen.mark_unchanged();
+            sink.reopen();
+        }
         let mut failures = 0u32;
         loop {
             let written = tokio::select! {
@@ -170,15 +193,18 @@ pub async fn run<S: Sink>(
             };
             match written {
                 Ok(Written::Durable) => {
+                    metrics.written.inc_by(batch.len() as u64);
                     acknowledge(&batch);
                     break;
                 }
                 Ok(Written::AwaitingSync) => {
+                    metrics.written.inc_by(batch.len() as u64);
                     awaiting_sync.add(&batch);
                     break;
                 }
                 Err(e) => {
                     failures += 1;
+                    metrics.failures.inc();
                     let delay = sink.retry_delay(failures);
                     tracing::warn!(
                         sink = %name,
@@ -189,6 +215,7 @@ pub async fn run<S: Sink>(
                         _ = tokio::time::sleep(delay) => {}
                         _ = abort.cancelled() => return,
                     }
+                    metrics.retries.inc();
                 }
             }
         }

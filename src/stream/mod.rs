@@ -23,6 +23,7 @@ use reqwest::{Client, StatusCode};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::StreamConfig;
+use crate::metrics::{unix_now, Connection, StreamMetrics};
 use crate::route::Router;
 use crate::sse::{Event, Parser};
 use backoff::Backoff;
@@ -41,6 +42,8 @@ enum Attempt {
     NoContent,
     Shutdown,
     Retry {
+        /// A fixed word for metrics: `closed`, `idle_timeout`, `http_status`, ...
+        kind: &'static str,
         reason: String,
         retry_after: Option<Duration>,
         delivered_events: bool,
@@ -54,12 +57,18 @@ pub struct Stream {
     router: Router,
     backoff: Backoff,
     url_for_logs: String,
+    metrics: StreamMetrics,
 }
 
 impl Stream {
     /// Prepares a stream that resumes after `last_event_id` (empty: from the
     /// server's default starting point).
-    pub fn new(config: StreamConfig, router: Router, last_event_id: &str) -> Result<Self, String> {
+    pub fn new(
+        config: StreamConfig,
+        router: Router,
+        last_event_id: &str,
+        metrics: StreamMetrics,
+    ) -> Result<Self, String> {
         let client = http::build_client(&config)?;
         let mut parser = Parser::new(config.limits);
         parser.set_last_event_id(last_event_id);
@@ -77,6 +86,7 @@ impl Stream {
             parser,
             router,
             backoff,
+            metrics,
         })
     }
 
@@ -87,6 +97,7 @@ impl Stream {
             let (reason, retry_after, delivered_events) = match attempt {
                 Attempt::Shutdown => return StreamEnd::Shutdown,
                 Attempt::NoContent => {
+                    self.metrics.set_connection(Connection::Stopped);
                     tracing::warn!(
                         "stream={} {} answered 204 No Content: the server asks us to stop; this stream will not reconnect",
                         self.config.name,
@@ -95,17 +106,23 @@ impl Stream {
                     return StreamEnd::StoppedByServer;
                 }
                 Attempt::Retry {
+                    kind,
                     reason,
                     retry_after,
                     delivered_events,
-                } => (reason, retry_after, delivered_events),
+                } => {
+                    self.metrics.reconnect(kind);
+                    (reason, retry_after, delivered_events)
+                }
             };
+            self.metrics.set_connection(Connection::Reconnecting);
             if delivered_events {
                 self.backoff.reset();
             }
             let server_retry = self.parser.retry().map(Duration::from_millis);
             let floor = server_retry.max(retry_after);
             let delay = self.backoff.next_delay(floor);
+            self.metrics.retry_delay.set(delay.as_secs_f64());
             let last_id = self.parser.last_event_id();
             let resume = if last_id.is_empty() {
                 "no Last-Event-ID".to_owned()
@@ -142,15 +159,22 @@ impl Stream {
         };
         let response = match response {
             Err(_) => {
-                return retry(format!(
-                    "no response within {}",
-                    humantime::format_duration(patience)
-                ))
+                return retry(
+                    "timeout",
+                    format!(
+                        "no response within {}",
+                        humantime::format_duration(patience)
+                    ),
+                )
             }
-            Ok(Err(e)) => return retry(describe_error(&e)),
+            Ok(Err(e)) => {
+                let (kind, reason) = describe_error(&e);
+                return retry(kind, reason);
+            }
             Ok(Ok(response)) => response,
         };
         let status = response.status();
+        self.metrics.http_status.set(i64::from(status.as_u16()));
         if status == StatusCode::NO_CONTENT {
             return Attempt::NoContent;
         }
@@ -162,6 +186,7 @@ impl Stream {
                 _ => None,
             };
             return Attempt::Retry {
+                kind: "http_status",
                 reason: format!("HTTP {status}"),
                 retry_after,
                 delivered_events: false,
@@ -172,11 +197,17 @@ impl Stream {
                 .headers()
                 .get(reqwest::header::CONTENT_TYPE)
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-            return retry(match content_type {
-                Some(ct) => format!("wrong Content-Type {ct:?} (expected text/event-stream)"),
-                None => "a response without Content-Type (expected text/event-stream)".to_owned(),
-            });
+            return retry(
+                "content_type",
+                match content_type {
+                    Some(ct) => format!("wrong Content-Type {ct:?} (expected text/event-stream)"),
+                    None => {
+                        "a response without Content-Type (expected text/event-stream)".to_owned()
+                    }
+                },
+            );
         }
+        self.metrics.set_connection(Connection::Connected);
         tracing::info!(
             "stream={} connected to {} (HTTP {status})",
             self.config.name,
@@ -195,22 +226,26 @@ impl Stream {
         let events_before = self.parser.stats().events;
         let mut oversized_before = self.parser.stats().oversized_events;
         let mut events: Vec<Event> = Vec::new();
-        let reason = loop {
+        let (kind, reason) = loop {
             let chunk = tokio::select! {
                 _ = shutdown.cancelled() => return Attempt::Shutdown,
                 chunk = tokio::time::timeout(self.config.idle_timeout, response.chunk()) => chunk,
             };
             let chunk = match chunk {
                 Err(_) => {
-                    break format!(
-                        "no data for {} (idle_timeout)",
-                        humantime::format_duration(self.config.idle_timeout)
+                    break (
+                        "idle_timeout",
+                        format!(
+                            "no data for {} (idle_timeout)",
+                            humantime::format_duration(self.config.idle_timeout)
+                        ),
                     )
                 }
                 Ok(Err(e)) => break describe_error(&e),
-                Ok(Ok(None)) => break "the server closed the connection".to_owned(),
+                Ok(Ok(None)) => break ("closed", "the server closed the connection".to_owned()),
                 Ok(Ok(Some(chunk))) => chunk,
             };
+            self.metrics.bytes.inc_by(chunk.len() as u64);
             let received_at = SystemTime::now();
             self.parser.feed(&chunk, &mut |event| events.push(event));
             let oversized = self.parser.stats().oversized_events;
@@ -222,7 +257,12 @@ impl Stream {
                     self.config.limits.max_line_bytes,
                     self.config.limits.max_event_bytes,
                 );
+                self.metrics.oversized.inc_by(oversized - oversized_before);
                 oversized_before = oversized;
+            }
+            if !events.is_empty() {
+                self.metrics.events.inc_by(events.len() as u64);
+                self.metrics.last_event.set(unix_now());
             }
             for event in events.drain(..) {
                 tokio::select! {
@@ -242,6 +282,7 @@ impl Stream {
                 .observe_id(self.parser.last_event_id_shared());
         };
         Attempt::Retry {
+            kind,
             reason,
             retry_after: None,
             delivered_events: self.parser.stats().events > events_before,
@@ -249,8 +290,9 @@ impl Stream {
     }
 }
 
-fn retry(reason: String) -> Attempt {
+fn retry(kind: &'static str, reason: String) -> Attempt {
     Attempt::Retry {
+        kind,
         reason,
         retry_after: None,
         delivered_events: false,
@@ -260,23 +302,24 @@ fn retry(reason: String) -> Attempt {
 /// A reqwest error by its causes, which hold the useful part ("connection
 /// refused", "certificate not trusted"). reqwest's own message is left out: it
 /// includes the URL, which may carry credentials.
-fn describe_error(error: &reqwest::Error) -> String {
-    let mut text = if error.is_connect() {
-        "connect error".to_owned()
+fn describe_error(error: &reqwest::Error) -> (&'static str, String) {
+    let (kind, what) = if error.is_connect() {
+        ("connect_error", "connect error")
     } else if error.is_timeout() {
-        "timeout".to_owned()
+        ("timeout", "timeout")
     } else if error.is_redirect() {
-        "too many redirects".to_owned()
+        ("redirects", "too many redirects")
     } else if error.is_body() || error.is_decode() {
-        "error reading the body".to_owned()
+        ("body_error", "error reading the body")
     } else {
-        "request error".to_owned()
+        ("request_error", "request error")
     };
+    let mut text = what.to_owned();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         text.push_str(": ");
         text.push_str(&cause.to_string());
         source = cause.source();
     }
-    text
+    (kind, text)
 }
