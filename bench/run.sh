@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Reproduces the README's Performance table on this machine, loopback only.
+#
+#   bench/run.sh              everything (parser, end to end, scale): ~15 minutes
+#   bench/run.sh parser e2e   only some parts (parser | e2e | scale)
+#
+# Parts:
+#   parser  criterion (benches/parser.rs): sse-relay's parser against LaunchDarkly's
+#           client, eventsource-stream and sse-stream, 16 KiB and 256 KiB chunks.
+#   e2e     tools/loadgen serves each corpus over HTTP/1.1 on 127.0.0.1; sse-relay
+#           relays it into a JSON-lines file sink (every line counted), and curl -N
+#           and LaunchDarkly's client read the same bytes. RUNS (default 3) each.
+#   scale   STREAMS (default 10000) idle streams with a HEARTBEAT (default 15) s
+#           comment: sse-relay's RSS and idle CPU; then the server restarts and
+#           every stream must reconnect (spread of reconnect times) and resume
+#           with the Last-Event-ID it had.
+# Every loop is bounded in time; every process started here is stopped here.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+RUNS=${RUNS:-3}
+STREAMS=${STREAMS:-10000}
+HEARTBEAT=${HEARTBEAT:-15}
+IDLE_WINDOW=${IDLE_WINDOW:-30}
+PARTS=${*:-parser e2e scale}
+WORK=$(mktemp -d /tmp/sse-bench.XXXXXX)
+RESULTS=$WORK/results.tsv
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+echo "work dir: $WORK"
+
+# Enough descriptors for STREAMS sockets (the relay's and the server's are
+# separate processes, each needs STREAMS plus a few).
+want=$((STREAMS + 1024))
+if [ "$(ulimit -n)" -lt "$want" ]; then
+  ulimit -n "$want" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+fi
+echo "open-file limit: $(ulimit -n)"
+
+cargo build --release -q -p sse-relay -p sse-loadgen
+RELAY=$ROOT/target/release/sse-relay
+LOADGEN=$ROOT/target/release/loadgen
+LDCLIENT=$ROOT/target/release/ld-client
+
+record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RESULTS"; }
+
+# Starts loadgen with the given arguments; sets LG_PID and LG_ADDR.
+start_loadgen() {
+  local out=$WORK/loadgen.$RANDOM.out
+  "$LOADGEN" "$@" >"$out" 2>&1 &
+  LG_PID=$!
+  PIDS+=("$LG_PID")
+  for _ in $(seq 600); do
+    if grep -q '^listening' "$out" 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  LG_ADDR=$(awk '/^listening/ {print $2}' "$out")
+  [ -n "$LG_ADDR" ] || { echo "loadgen did not start"; cat "$out"; exit 1; }
+}
+
+events_of() { case $1 in small) echo 1000000 ;; large) echo 20000 ;; multiline) echo 200000 ;; esac; }
+
+if [[ $PARTS == *parser* ]]; then
+  echo "== parser (criterion, in memory)"
+  rm -rf target/criterion
+  cargo bench -q --bench parser >"$WORK/criterion.log" 2>&1 || { tail -30 "$WORK/criterion.log"; exit 1; }
+fi
+
+if [[ $PARTS == *e2e* ]]; then
+  echo "== end to end over loopback"
+  for corpus in small large; do
+    n=$(events_of $corpus)
+    for run in $(seq "$RUNS"); do
+      # sse-relay: a 204 after the corpus ends the stream, and the daemon exits.
+      start_loadgen --corpora "$corpus" --once --exit-after 300
+      dir=$WORK/e2e-$corpus-$run
+      mkdir -p "$dir"
+      cat >"$dir/relay.toml" <<EOF
+data_dir = "$dir/state"
+[streams.bench]
+url = "http://$LG_ADDR/corpus/$corpus"
+backoff_initial = "10ms"
+max_line_bytes = 1048576
+[sinks.file]
+type = "file"
+inputs = ["*"]
+path = "$dir/out.jsonl"
+encoding = "json"
+fsync = "never"
+EOF
+      /usr/bin/time -f '%e %M' -o "$dir/time" timeout 300 "$RELAY" run --config "$dir/relay.toml" >"$dir/relay.log" 2>&1
+      read -r secs rss_kib <"$dir/time"
+      lines=$(wc -l <"$dir/out.jsonl")
+      if [ "$lines" -ne "$n" ]; then echo "sse-relay $corpus: $lines records, expected $n"; exit 1; fi
+      bytes=$(stat -c %s "$dir/out.jsonl")
+      record "e2e.$corpus.relay.seconds" "$run" "$secs"
+      record "e2e.$corpus.relay.rss_kib" "$run" "$rss_kib"
+      record "e2e.$corpus.relay.out_bytes" "$run" "$bytes"
+      kill "$LG_PID" 2>/dev/null || true
+      wait "$LG_PID" 2>/dev/null || true
+
+      start_loadgen --corpora "$corpus" --exit-after 300
+      curl -sN -o /dev/null -w '%{size_download} %{time_total}\n' "http://$LG_ADDR/corpus/$corpus" >"$dir/curl"
+      read -r cbytes csecs <"$dir/curl"
+      record "e2e.$corpus.curl.seconds" "$run" "$csecs"
+      record "e2e.$corpus.body_bytes" "$run" "$cbytes"
+      timeout 300 "$LDCLIENT" --events "$n" "http://$LG_ADDR/corpus/$corpus" >"$dir/ld"
+      record "e2e.$corpus.ld.seconds" "$run" "$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' "$dir/ld")"
+      kill "$LG_PID" 2>/dev/null || true
+      wait "$LG_PID" 2>/dev/null || true
+    done
+  done
+fi
+
+if [[ $PARTS == *scale* ]]; then
+  echo "== scale: $STREAMS idle streams, heartbeat ${HEARTBEAT}s"
+  dir=$WORK/scale
+  mkdir -p "$dir"
+  start_loadgen --corpora "" --heartbeat "$HEARTBEAT" --generation 1 --log "$dir/gen1.log" --exit-after 900
+  port=${LG_ADDR##*:}
+  {
+    echo "data_dir = \"$dir/state\""
+    echo "checkpoint_interval = \"5s\""
+    for i in $(seq "$STREAMS"); do
+      printf '[streams.s%d]\nurl = "http://%s/idle/s%d"\nidle_timeout = "%ds"\nbackoff_initial = "5s"\nbackoff_max = "30s"\n' \
+        "$i" "$LG_ADDR" "$i" $((HEARTBEAT * 3))
+    done
+    printf '[sinks.file]\ntype = "file"\ninputs = ["*"]\npath = "%s/out.jsonl"\nfsync = "never"\n' "$dir"
+  } >"$dir/relay.toml"
+  timeout 900 "$RELAY" run --config "$dir/relay.toml" >"$dir/relay.log" 2>&1 &
+  RELAY_PID=$!
+  PIDS+=("$RELAY_PID")
+  # Wait (bounded) until every stream is connected and has its first event.
+  for _ in $(seq 240); do
+    [ "$(wc -l <"$dir/out.jsonl" 2>/dev/null || echo 0)" -ge "$STREAMS" ] && break
+    sleep 0.5
+  done
+  connected=$(wc -l <"$dir/out.jsonl")
+  sleep 5 # let start-up allocations settle
+  rss_kib=$(awk '/^VmRSS/ {print $2}' "/proc/$RELAY_PID/status")
+  hz=$(getconf CLK_TCK)
+  t0=$(awk '{print $14 + $15}' "/proc/$RELAY_PID/stat")
+  sleep "$IDLE_WINDOW"
+  t1=$(awk '{print $14 + $15}' "/proc/$RELAY_PID/stat")
+  idle_cpu=$(python3 -c "print(100 * ($t1 - $t0) / $hz / $IDLE_WINDOW)")
+  record scale.connected 1 "$connected"
+  record scale.rss_kib 1 "$rss_kib"
+  record scale.idle_cpu_pct 1 "$idle_cpu"
+  # The server restarts: every connection drops; a new generation on the same port.
+  kill "$LG_PID"
+  wait "$LG_PID" 2>/dev/null || true
+  start_loadgen --addr "127.0.0.1:$port" --corpora "" --heartbeat "$HEARTBEAT" --generation 2 --log "$dir/gen2.log" --exit-after 300
+  for _ in $(seq 240); do
+    [ "$(grep -c /idle/ "$dir/gen2.log" 2>/dev/null || echo 0)" -ge "$STREAMS" ] && break
+    sleep 0.5
+  done
+  sleep 1.5 # the log is flushed every second
+  python3 - "$dir/gen2.log" "$STREAMS" >>"$RESULTS" <<'EOF'
+import sys
+path, streams = sys.argv[1], int(sys.argv[2])
+first = {}
+for line in open(path):
+    ms, p, last = line.split()
+    key = p.rsplit("/", 1)[-1]
+    first.setdefault(key, (float(ms), last))
+times = sorted(t for t, _ in first.values())
+resumed = sum(1 for k, (_, last) in first.items() if last == f"{k}-1")
+def pct(q):
+    return times[min(len(times) - 1, int(q * len(times)))] / 1000 if times else float("nan")
+for name, value in [("reconnected", len(first)), ("resumed", resumed),
+                    ("reconnect_p0_s", pct(0)), ("reconnect_p50_s", pct(0.5)),
+                    ("reconnect_p99_s", pct(0.99)), ("reconnect_p100_s", pct(1.0))]:
+    print(f"scale.{name}\t1\t{value}")
+EOF
+  kill "$RELAY_PID" 2>/dev/null || true
+  wait "$RELAY_PID" 2>/dev/null || true
+fi
+
+echo
+python3 "$ROOT/bench/table.py" "$RESULTS" "$ROOT/target/criterion" "$(nproc)" "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"

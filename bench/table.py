@@ -1,0 +1,124 @@
+"""Prints bench/run.sh's results as one Markdown table of medians and ratios.
+
+usage: table.py RESULTS.tsv CRITERION_DIR NPROC CPU_MODEL
+"""
+import json
+import os
+import statistics
+import sys
+from collections import defaultdict
+
+results_path, criterion_dir, nproc, cpu = sys.argv[1:5]
+EVENTS = {"small": 1_000_000, "large": 20_000, "multiline": 200_000, "huge": 4}
+
+rows = []
+
+
+def row(what, value, target="", verdict=""):
+    rows.append((what, value, target, verdict))
+
+
+def ok(flag):
+    return "met" if flag else "**not met**"
+
+
+# --- parser (criterion medians) ---------------------------------------------
+def crit(group, bench, want_bytes=False):
+    base = os.path.join(criterion_dir, group, bench, "new")
+    try:
+        est = json.load(open(os.path.join(base, "estimates.json")))
+        meta = json.load(open(os.path.join(base, "benchmark.json")))
+    except OSError:
+        return None
+    seconds = est["median"]["point_estimate"] / 1e9
+    nbytes = meta["throughput"]["Bytes"]
+    return nbytes if want_bytes else nbytes / seconds  # bytes per second
+
+
+if os.path.isdir(criterion_dir):
+    for group in ["small-16k", "large-16k", "multiline-16k", "small-256k", "large-256k", "huge-16k"]:
+        corpus = group.split("-")[0]
+        rates = {b: crit(group, b) for b in
+                 ["sse-relay", "launchdarkly", "eventsource-stream", "sse-stream", "memchr-lines"]}
+        ours = rates["sse-relay"]
+        if ours is None:
+            continue
+        parts = []
+        for name in ["launchdarkly", "eventsource-stream", "sse-stream", "memchr-lines"]:
+            r = rates[name]
+            if r:
+                parts.append(f"{name} {r / 1e6:,.0f} MB/s ({ours / r:.2f}x)")
+        ev = ""
+        if corpus in ("small", "multiline"):
+            # events/s from the corpus' mean event size
+            mean = crit(group, "sse-relay", want_bytes=True) / EVENTS[corpus]
+            ev = f", {ours / mean / 1e6:.1f}M events/s"
+        target, verdict = "", ""
+        ld = rates["launchdarkly"]
+        if group in ("small-16k", "multiline-16k") and ld:
+            target, verdict = ">= 5x launchdarkly", ok(ours / ld >= 5)
+        elif group == "large-16k" and ld:
+            target, verdict = ">= 2x launchdarkly", ok(ours / ld >= 2)
+        elif group == "huge-16k":
+            target, verdict = ">= 1 GB/s", ok(ours >= 1e9)
+        elif group.endswith("256k"):
+            base = crit(group.replace("256k", "16k"), "sse-relay")
+            if base:
+                target = "as fast as 16 KiB chunks"
+                verdict = f"{ours / base:.2f}x of 16 KiB: " + ok(ours / base >= 0.9)
+        row(f"parser {group}", f"{ours / 1e6:,.0f} MB/s{ev}; " + "; ".join(parts), target, verdict)
+
+# --- end to end and scale ------------------------------------------------------
+vals = defaultdict(list)
+if os.path.exists(results_path):
+    for line in open(results_path):
+        key, _run, value = line.rstrip("\n").split("\t")
+        vals[key].append(float(value))
+
+
+def med(key):
+    return statistics.median(vals[key]) if vals.get(key) else None
+
+
+for corpus in ["small", "large"]:
+    relay = med(f"e2e.{corpus}.relay.seconds")
+    if relay is None:
+        continue
+    body = med(f"e2e.{corpus}.body_bytes")
+    curl = med(f"e2e.{corpus}.curl.seconds")
+    ld = med(f"e2e.{corpus}.ld.seconds")
+    rss = med(f"e2e.{corpus}.relay.rss_kib")
+    n = EVENTS[corpus]
+    relay_eps, ld_eps = n / relay, n / ld
+    text = (f"sse-relay {relay_eps / 1e6:.2f}M events/s, {body / relay / 1e6:,.0f} MB/s body; "
+            f"curl -N {body / curl / 1e6:,.0f} MB/s; launchdarkly {ld_eps / 1e6:.2f}M events/s "
+            f"({body / ld / 1e6:,.0f} MB/s); peak RSS {rss / 1024:.1f} MiB")
+    if corpus == "small":
+        row("end to end small (file sink)", text, ">= 2x launchdarkly events/s",
+            f"{relay_eps / ld_eps:.2f}x: " + ok(relay_eps >= 2 * ld_eps))
+    else:
+        row("end to end large (file sink)", text, ">= 50% of curl bytes/s",
+            f"{curl / relay * 100:.0f}%: " + ok(curl / relay >= 0.5))
+    row(f"peak RSS, one stream ({corpus})", f"{rss / 1024:.1f} MiB", "<= 20 MiB", ok(rss <= 20 * 1024))
+
+if med("scale.rss_kib") is not None:
+    n = med("scale.connected")
+    rss = med("scale.rss_kib")
+    row("scale: streams connected", f"{n:.0f}")
+    row("scale: total RSS", f"{rss / 1024:.1f} MiB ({rss / max(n, 1):.1f} KiB a stream)",
+        "<= 100 MiB", ok(rss <= 100 * 1024))
+    cpu_pct = med("scale.idle_cpu_pct")
+    row("scale: idle CPU", f"{cpu_pct:.2f}% of one core", "< 5%", ok(cpu_pct < 5))
+    if med("scale.reconnected") is not None:
+        row("scale: reconnect after server restart",
+            f"{med('scale.reconnected'):.0f} reconnected; spread p0 {med('scale.reconnect_p0_s'):.2f}s, "
+            f"p50 {med('scale.reconnect_p50_s'):.2f}s, p99 {med('scale.reconnect_p99_s'):.2f}s, "
+            f"max {med('scale.reconnect_p100_s'):.2f}s", "all, jittered", "")
+        row("scale: resumed with their Last-Event-ID", f"{med('scale.resumed'):.0f} of {n:.0f}",
+            "all", ok(med("scale.resumed") >= n))
+
+print(f"Machine: {nproc} cores, {cpu}; loopback (127.0.0.1) only; medians.\n")
+print("| measurement | result | target | verdict |")
+print("|---|---|---|---|")
+for r in rows:
+    print("| " + " | ".join(r) + " |")
