@@ -36,7 +36,12 @@ impl ConfigError {
     /// An error at a byte range of the source. The table and key are read off
     /// the source around it, so every caller gets them for free.
     pub fn at(file: &Path, source: &str, span: Range<usize>, message: impl Into<String>) -> Self {
-        let start = span.start.min(source.len());
+        let mut start = span.start.min(source.len());
+        // A span computed inside a decoded string value (escapes make it shorter
+        // than the source) may land inside a character: step back to its start.
+        while !source.is_char_boundary(start) {
+            start -= 1;
+        }
         let (line, column) = line_column(source, start);
         ConfigError {
             message: message.into(),

@@ -239,7 +239,10 @@ async fn fill<S: Sink>(
     abort: &CancellationToken,
 ) -> bool {
     let mut bytes: usize = batch.iter().map(|d| sink.size(d)).sum();
-    let deadline = tokio::time::Instant::now() + limits.timeout;
+    // A configured timeout too large for the clock means: no deadline.
+    let deadline = tokio::time::Instant::now()
+        .checked_add(limits.timeout)
+        .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400));
     while batch.len() < limits.max_events {
         let next = match queue.try_recv() {
             Ok(next) => next,

@@ -61,7 +61,7 @@ impl Backoff {
                 if spread.is_zero() {
                     floor
                 } else {
-                    floor + rng.random_range(Duration::ZERO..=spread)
+                    floor.saturating_add(rng.random_range(Duration::ZERO..=spread))
                 }
             }
             _ => backoff,

@@ -152,7 +152,10 @@ impl Stream {
             ));
         // Waiting for the response counts as silence too: a server that accepts
         // and never answers is as dead as one that stops sending.
-        let patience = self.config.connect_timeout + self.config.idle_timeout;
+        let patience = self
+            .config
+            .connect_timeout
+            .saturating_add(self.config.idle_timeout);
         let response = tokio::select! {
             _ = shutdown.cancelled() => return Attempt::Shutdown,
             response = tokio::time::timeout(patience, request.send()) => response,

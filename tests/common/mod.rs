@@ -413,3 +413,144 @@ impl Drop for NumberedServer {
         self.task.abort();
     }
 }
+
+// ---------------------------------------------------------------------------
+// Raw connections, for fault injection (tests/faults.rs)
+// ---------------------------------------------------------------------------
+
+/// Reads one HTTP/1.x request head from `socket`; `None` if the peer closed or
+/// failed first. Header names in lower case.
+pub async fn read_request<S>(socket: &mut S) -> Option<Request>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = text.split("\r\n");
+    let path = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap_or("/")
+        .to_owned();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Some(Request {
+        path,
+        headers,
+        at: Instant::now(),
+    })
+}
+
+type RawHandler = dyn Fn(usize, Request, TcpStream) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    + Send
+    + Sync;
+
+/// A server that reads each request head and then hands the raw socket to the
+/// test: it may answer anything, drip bytes, never answer, or reset.
+pub struct RawServer {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Request>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawServer {
+    /// Serves `handler(n, request, socket)` for the n-th request (0-based).
+    pub async fn start<F, Fut>(handler: F) -> RawServer
+    where
+        F: Fn(usize, Request, TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let handler: Arc<RawHandler> = Arc::new(move |n, request, socket| {
+            Box::pin(handler(n, request, socket))
+                as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        });
+        let seen = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let handler = handler.clone();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let _ = socket.set_nodelay(true);
+                    let Some(request) = read_request(&mut socket).await else {
+                        return;
+                    };
+                    let index = {
+                        let mut seen = seen.lock().unwrap();
+                        seen.push(request.clone());
+                        seen.len() - 1
+                    };
+                    handler(index, request, socket).await;
+                });
+            }
+        });
+        RawServer {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RawServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The head of a 200 `text/event-stream` response with a close-delimited body.
+pub const SSE_HEAD_CLOSE_DELIMITED: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n";
+
+/// Writes `head`, then `body` close-delimited, then closes.
+pub async fn write_and_close(mut socket: TcpStream, head: &[u8], body: &[u8]) {
+    let _ = socket.write_all(head).await;
+    let _ = socket.write_all(body).await;
+    let _ = socket.shutdown().await;
+}
+
+/// Answers 204 No Content and closes.
+pub async fn no_content(socket: TcpStream) {
+    write_and_close(
+        socket,
+        b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
+        b"",
+    )
+    .await;
+}
+
+/// The open file descriptors and resident memory (KiB) of process `pid`, and its
+/// peak resident memory (KiB, `VmHWM`), from /proc.
+pub fn process_usage(pid: u32) -> Option<(usize, u64, u64)> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    Some((fds, kib("VmRSS:")?, kib("VmHWM:")?))
+}
