@@ -33,6 +33,14 @@ pub fn summary(path: &Path, config: &Config) -> String {
             SinkKind::Stdout => "stdout".to_owned(),
             SinkKind::File { path, fsync, .. } => format!("file {path} (fsync {fsync:?})"),
             SinkKind::Webhook(webhook) => webhook_summary(sink.encoding, webhook),
+            SinkKind::Nats(nats) => format!(
+                "nats {} subject {}{}",
+                crate::nats::shown_urls(&nats.connection),
+                nats.subject,
+                nats.stream
+                    .as_ref()
+                    .map_or(String::new(), |s| format!(" (JetStream stream {s})"))
+            ),
         };
         let _ = writeln!(
             out,

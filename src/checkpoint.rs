@@ -11,6 +11,11 @@
 //! crash or power loss the file holds either the old checkpoint or the new one,
 //! never a mix. A file that exists but cannot be read or understood stops the
 //! daemon with an error naming it: silently starting over could skip events.
+//!
+//! [`CheckpointBackend`] puts this store and the shared one in a JetStream
+//! key-value bucket (`[checkpoints] backend = "nats"`, see
+//! [`crate::nats::KvCheckpoints`]) behind one interface; the value stored there
+//! is the same JSON as the file.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -92,30 +97,12 @@ impl CheckpointStore {
             "fix it by hand ({{\"stream\":\"{stream}\",\"last_event_id\":\"<id>\"}}), or delete it to \
              start from `initial_last_event_id` (events since the last checkpoint may then be missed)"
         );
-        let file: CheckpointFile = serde_json::from_str(&text).map_err(|e| CheckpointError {
-            path: path.clone(),
-            problem: format!("is corrupt: {e}"),
-            help: way_out.clone(),
-        })?;
-        if file.stream != stream {
-            return Err(CheckpointError {
-                path,
-                problem: format!("belongs to stream `{}`, not `{stream}`", file.stream),
-                help: way_out,
-            });
-        }
-        Ok(Some(file.last_event_id))
+        decode(stream, text.as_bytes(), path, way_out).map(Some)
     }
 
     /// Atomically replaces the checkpoint of `stream`.
     pub fn save(&self, stream: &str, last_event_id: &str) -> io::Result<()> {
-        let record = CheckpointFile {
-            stream: stream.to_owned(),
-            last_event_id: last_event_id.to_owned(),
-            saved_at: Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string()),
-        };
-        let mut bytes = serde_json::to_vec(&record).map_err(io::Error::other)?;
-        bytes.push(b'\n');
+        let bytes = encode(stream, last_event_id)?;
         let path = self.path(stream);
         let tmp = self.dir.join(format!(".{stream}.json.tmp"));
         {
@@ -125,6 +112,93 @@ impl CheckpointStore {
         }
         fs::rename(&tmp, &path)?;
         File::open(&self.dir)?.sync_all()
+    }
+}
+
+/// The checkpoint record of `stream`, as stored by every backend.
+fn encode(stream: &str, last_event_id: &str) -> io::Result<Vec<u8>> {
+    let record = CheckpointFile {
+        stream: stream.to_owned(),
+        last_event_id: last_event_id.to_owned(),
+        saved_at: Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string()),
+    };
+    let mut bytes = serde_json::to_vec(&record).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// The last event id in a stored record, refusing one that is corrupt or
+/// belongs to another stream.
+fn decode(
+    stream: &str,
+    bytes: &[u8],
+    path: PathBuf,
+    way_out: String,
+) -> Result<String, CheckpointError> {
+    let file: CheckpointFile = serde_json::from_slice(bytes).map_err(|e| CheckpointError {
+        path: path.clone(),
+        problem: format!("is corrupt: {e}"),
+        help: way_out.clone(),
+    })?;
+    if file.stream != stream {
+        return Err(CheckpointError {
+            path,
+            problem: format!("belongs to stream `{}`, not `{stream}`", file.stream),
+            help: way_out,
+        });
+    }
+    Ok(file.last_event_id)
+}
+
+/// Where checkpoints are kept: the state directory, or a JetStream key-value
+/// bucket every instance can read.
+#[derive(Debug, Clone)]
+pub enum CheckpointBackend {
+    Local(CheckpointStore),
+    /// Boxed: a key-value handle is large, and cloned once per save round.
+    Nats(Box<crate::nats::KvCheckpoints>),
+}
+
+impl CheckpointBackend {
+    /// The saved last event id of `stream`, or `None` if it has none yet.
+    pub async fn load(&self, stream: &str) -> Result<Option<String>, CheckpointError> {
+        match self {
+            CheckpointBackend::Local(store) => store.load(stream),
+            CheckpointBackend::Nats(kv) => {
+                let path = PathBuf::from(kv.describe(stream));
+                let bytes = kv.load(stream).await.map_err(|problem| CheckpointError {
+                    path: path.clone(),
+                    problem,
+                    help: "check that the NATS server is reachable and JetStream enabled".into(),
+                })?;
+                let Some(bytes) = bytes else {
+                    return Ok(None);
+                };
+                let way_out = format!(
+                    "put a valid record ({{\"stream\":\"{stream}\",\"last_event_id\":\"<id>\"}}) with \
+                     `nats kv put`, or delete the key to start from `initial_last_event_id` (events \
+                     since the last checkpoint may then be missed)"
+                );
+                decode(stream, &bytes, path, way_out).map(Some)
+            }
+        }
+    }
+
+    /// Saves `stream`'s checkpoint. Blocks (fsync, or a NATS round trip):
+    /// call it from a blocking thread.
+    pub fn save_blocking(&self, stream: &str, last_event_id: &str) -> io::Result<()> {
+        match self {
+            CheckpointBackend::Local(store) => store.save(stream, last_event_id),
+            CheckpointBackend::Nats(kv) => kv.save_blocking(stream, encode(stream, last_event_id)?),
+        }
+    }
+
+    /// Where `stream`'s checkpoint lives, for messages.
+    pub fn describe(&self, stream: &str) -> String {
+        match self {
+            CheckpointBackend::Local(store) => store.path(stream).display().to_string(),
+            CheckpointBackend::Nats(kv) => kv.describe(stream),
+        }
     }
 }
 
@@ -141,12 +215,12 @@ pub struct Tracked {
 impl Tracked {
     /// Saves the tracker's checkpoint if it moved. Errors are logged, not fatal:
     /// the next round tries again, and an old checkpoint only means replays.
-    pub fn flush(&mut self, store: &CheckpointStore) {
+    pub fn flush(&mut self, store: &CheckpointBackend) {
         let current = self.tracker.checkpoint();
         if *current == *self.saved {
             return;
         }
-        match store.save(&self.stream, &current) {
+        match store.save_blocking(&self.stream, &current) {
             Ok(()) => {
                 self.saved = current;
                 self.saved_at.set(crate::metrics::unix_now());
@@ -154,7 +228,7 @@ impl Tracked {
             Err(e) => tracing::warn!(
                 stream = %self.stream,
                 "cannot save checkpoint to {}: {e}; retrying at the next interval",
-                store.path(&self.stream).display()
+                store.describe(&self.stream)
             ),
         }
     }

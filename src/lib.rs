@@ -16,9 +16,11 @@
 pub mod ack;
 pub mod check;
 pub mod checkpoint;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod metrics;
+pub mod nats;
 pub mod notify;
 pub mod record;
 pub mod route;

@@ -306,6 +306,8 @@ fn single_stream_config(stream: StreamConfig, encoding: Encoding) -> Config {
         streams: [(stream.name.clone(), stream)].into(),
         sinks: [(sink.name.clone(), sink)].into(),
         metrics: None,
+        checkpoints: Default::default(),
+        cluster: None,
     }
 }
 

@@ -20,6 +20,11 @@
 //! `abort` (a second signal) skips the wait in step 2; step 3 still runs, and a
 //! checkpoint only ever names acknowledged events, so nothing is skipped on the
 //! next start.
+//!
+//! With `[cluster]`, no stream starts by itself: the cluster coordinator
+//! ([`crate::cluster`]) claims leases and tells the supervisor which streams to
+//! start, release (stop, wait for acknowledgements, save the checkpoint) or
+//! forget (lease lost: the coordinator already cancelled it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -30,12 +35,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::AckTracker;
-use crate::checkpoint::{CheckpointError, CheckpointStore, Tracked};
-use crate::config::{Config, SinkConfig, SinkKind, StreamConfig};
+use crate::checkpoint::{CheckpointBackend, CheckpointError, CheckpointStore, Tracked};
+use crate::cluster::{Cluster, Command};
+use crate::config::{CheckpointBackendConfig, Config, SinkConfig, SinkKind, StreamConfig};
 use crate::metrics::{Metrics, Stage};
 use crate::notify;
 use crate::route::{Route, Router};
-use crate::sink::{self, Delivery, FileSink, SinkTask, StdoutSink, WebhookSink};
+use crate::sink::{self, Delivery, FileSink, NatsSink, SinkTask, StdoutSink, WebhookSink};
 use crate::stream::{Stream, StreamEnd};
 
 /// Why the daemon could not run.
@@ -45,6 +51,7 @@ pub enum RunError {
     Stream { stream: String, problem: String },
     Sink { sink: String, problem: String },
     Metrics(String),
+    Cluster(String),
 }
 
 impl std::fmt::Display for RunError {
@@ -56,6 +63,7 @@ impl std::fmt::Display for RunError {
             }
             RunError::Sink { sink, problem } => write!(f, "error: sink `{sink}`: {problem}"),
             RunError::Metrics(problem) => write!(f, "error: metrics: {problem}"),
+            RunError::Cluster(problem) => write!(f, "error: cluster: {problem}"),
         }
     }
 }
@@ -110,11 +118,39 @@ pub async fn run_with_reload(
             })?;
         tracing::info!("serving /metrics and /health on http://{addr}");
     }
-    let store = match checkpoints {
-        Checkpoints::OnDisk => {
-            Some(CheckpointStore::open(&config.data_dir).map_err(RunError::Checkpoint)?)
+    let store = match (checkpoints, &config.checkpoints) {
+        (Checkpoints::OnDisk, CheckpointBackendConfig::Local) => Some(CheckpointBackend::Local(
+            CheckpointStore::open(&config.data_dir).map_err(RunError::Checkpoint)?,
+        )),
+        (Checkpoints::OnDisk, CheckpointBackendConfig::Nats(nats)) => {
+            Some(CheckpointBackend::Nats(Box::new(
+                crate::nats::KvCheckpoints::open(nats)
+                    .await
+                    .map_err(|problem| {
+                        RunError::Checkpoint(CheckpointError {
+                            path: format!("nats kv {}", nats.bucket).into(),
+                            problem,
+                            help:
+                                "start the NATS server with JetStream (-js), or fix [checkpoints]"
+                                    .into(),
+                        })
+                    })?,
+            )))
         }
-        Checkpoints::InMemory => None,
+        (Checkpoints::InMemory, _) => None,
+    };
+    let cluster = match (&config.cluster, &config.checkpoints, &store) {
+        (Some(cluster), CheckpointBackendConfig::Nats(nats), Some(_)) => Some(
+            Cluster::start(
+                cluster,
+                nats,
+                config.streams.keys().cloned().collect(),
+                shutdown.drain.clone(),
+            )
+            .await
+            .map_err(RunError::Cluster)?,
+        ),
+        _ => None,
     };
     let (ended_tx, ended_rx) = mpsc::unbounded_channel();
     let (reopen, _) = watch::channel(0u64);
@@ -129,6 +165,7 @@ pub async fn run_with_reload(
         ended_tx,
         generation: 0,
         reopen,
+        cluster,
     };
     supervisor.start().await?;
     let keepalive = notify::spawn_keepalive(supervisor.metrics.clone());
@@ -159,7 +196,7 @@ struct RunningStream {
 
 struct Supervisor {
     config: Config,
-    store: Option<CheckpointStore>,
+    store: Option<CheckpointBackend>,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
     sinks: BTreeMap<String, RunningSink>,
@@ -170,19 +207,26 @@ struct Supervisor {
     ended_tx: mpsc::UnboundedSender<(String, u64)>,
     generation: u64,
     reopen: watch::Sender<u64>,
+    /// Set with `[cluster]`: streams start and stop when its coordinator says.
+    cluster: Option<Cluster>,
 }
 
 impl Supervisor {
     async fn start(&mut self) -> Result<(), RunError> {
         let mut resume = BTreeMap::new();
         for (name, stream) in &self.config.streams {
-            resume.insert(name.clone(), self.resume_point(name, stream)?);
+            if self.cluster.is_none() {
+                resume.insert(name.clone(), self.resume_point(name, stream).await?);
+            }
         }
         let sinks: Vec<SinkConfig> = self.config.sinks.values().cloned().collect();
         for sink in &sinks {
             self.start_sink(sink)?;
         }
-        let streams: Vec<StreamConfig> = self.config.streams.values().cloned().collect();
+        let streams: Vec<StreamConfig> = match self.cluster {
+            Some(_) => Vec::new(),
+            None => self.config.streams.values().cloned().collect(),
+        };
         for stream in streams {
             let from = resume.remove(&stream.name).unwrap_or_default();
             self.start_stream(stream, &from)?;
@@ -198,9 +242,9 @@ impl Supervisor {
     }
 
     /// Where `stream` starts: its checkpoint, else `initial_last_event_id`.
-    fn resume_point(&self, name: &str, stream: &StreamConfig) -> Result<String, RunError> {
+    async fn resume_point(&self, name: &str, stream: &StreamConfig) -> Result<String, RunError> {
         let saved = match &self.store {
-            Some(store) => store.load(name).map_err(RunError::Checkpoint)?,
+            Some(store) => store.load(name).await.map_err(RunError::Checkpoint)?,
             None => None,
         };
         if let Some(id) = &saved {
@@ -226,9 +270,11 @@ impl Supervisor {
             writer_stop.clone(),
         ));
         let reload = self.shutdown.reload.clone();
-        while !self.streams.is_empty() {
+        // A cluster member keeps running with no stream: it may get some later.
+        while self.cluster.is_some() || !self.streams.is_empty() {
             tokio::select! {
                 _ = self.shutdown.drain.cancelled() => break,
+                Some(command) = next_command(&mut self.cluster) => self.cluster_command(command).await,
                 _ = reload.notified() => match &reloader {
                     Some(reloader) => self.reload(reloader).await,
                     None => tracing::warn!("reload asked for, but this run has no configuration file to re-read"),
@@ -237,7 +283,7 @@ impl Supervisor {
                     if self.streams.get(&name).is_some_and(|s| s.generation == generation) {
                         self.streams.remove(&name);
                     }
-                    if self.streams.is_empty() {
+                    if self.streams.is_empty() && self.cluster.is_none() {
                         tracing::info!("every stream was stopped by its server (HTTP 204); finishing");
                     }
                 }
@@ -255,6 +301,10 @@ impl Supervisor {
         drain_sinks(sinks, self.config.shutdown_timeout, &self.shutdown.abort).await;
         writer_stop.cancel();
         let _ = writer.await;
+        if let Some(cluster) = self.cluster.take() {
+            // After the last checkpoint save: whoever takes over resumes there.
+            cluster.shutdown().await;
+        }
         tracing::info!("stopped");
     }
 
@@ -288,6 +338,9 @@ impl Supervisor {
                         problem,
                     })?;
                 tokio::spawn(sink::run(sink, task))
+            }
+            SinkKind::Nats(nats) => {
+                tokio::spawn(sink::run(NatsSink::new(&config.name, nats.clone()), task))
             }
         };
         self.sinks.insert(
@@ -461,11 +514,9 @@ impl Supervisor {
         // Save where the stopped streams got to; forget the removed ones.
         let mut removed = Vec::new();
         if let Some(store) = &self.store {
+            flush_blocking(store, &self.checkpoints, to_stop.clone()).await;
             let mut checkpoints = lock(&self.checkpoints);
             for name in &to_stop {
-                if let Some(tracked) = checkpoints.get_mut(name) {
-                    tracked.flush(store);
-                }
                 if !self.config.streams.contains_key(name) {
                     checkpoints.remove(name);
                     removed.push(name.clone());
@@ -497,11 +548,14 @@ impl Supervisor {
         }
         let mut added = 0;
         let mut restarted = 0;
+        // In a cluster only the streams we held restart here; new ones are
+        // claimed by the coordinator.
         let starting: Vec<StreamConfig> = self
             .config
             .streams
             .values()
             .filter(|s| !self.streams.contains_key(&s.name))
+            .filter(|s| self.cluster.is_none() || resume.contains_key(&s.name))
             .cloned()
             .collect();
         for stream in starting {
@@ -512,7 +566,7 @@ impl Supervisor {
                 }
                 None => {
                     added += 1;
-                    match self.resume_point(&stream.name, &stream) {
+                    match self.resume_point(&stream.name, &stream).await {
                         Ok(from) => from,
                         Err(e) => {
                             tracing::error!("{e}; stream not started");
@@ -525,7 +579,10 @@ impl Supervisor {
                 tracing::error!("{e}; stream not started");
             }
         }
-        let kept = self.streams.len() - added - restarted;
+        if let Some(cluster) = &self.cluster {
+            cluster.set_streams(self.config.streams.keys().cloned().collect());
+        }
+        let kept = self.streams.len().saturating_sub(added + restarted);
         tracing::info!(
             "reloaded: {kept} stream(s) unchanged, {added} added, {restarted} restarted, {} removed; {} sink(s) replaced or removed, {} started",
             removed.len(),
@@ -533,6 +590,86 @@ impl Supervisor {
             new_sinks.len()
         );
     }
+}
+
+impl Supervisor {
+    /// Carries out what the cluster coordinator asks.
+    async fn cluster_command(&mut self, command: Command) {
+        match command {
+            Command::Start { stream, started } => {
+                let token = match self.streams.get(&stream) {
+                    Some(running) => Some(running.stop.clone()),
+                    None => self.start_claimed(&stream).await,
+                };
+                let _ = started.send(token);
+            }
+            Command::Release { stream, done } => {
+                if let Some(running) = self.streams.remove(&stream) {
+                    running.stop.cancel();
+                    let _ = running.task.await;
+                    wait_acknowledged(&running.tracker, self.config.shutdown_timeout).await;
+                    if let Some(store) = &self.store {
+                        flush_blocking(store, &self.checkpoints, vec![stream.clone()]).await;
+                    }
+                }
+                lock(&self.checkpoints).remove(&stream);
+                let _ = done.send(());
+            }
+            Command::Forget { stream } => {
+                if let Some(running) = self.streams.remove(&stream) {
+                    running.stop.cancel();
+                }
+                lock(&self.checkpoints).remove(&stream);
+            }
+        }
+    }
+
+    /// Starts a stream whose lease we just took, from the shared checkpoint.
+    async fn start_claimed(&mut self, name: &str) -> Option<CancellationToken> {
+        let config = self.config.streams.get(name)?.clone();
+        // Another instance may have saved it since we last ran it.
+        lock(&self.checkpoints).remove(name);
+        let from = match self.resume_point(name, &config).await {
+            Ok(from) => from,
+            Err(e) => {
+                tracing::error!("{e}; stream not started, its lease is given back");
+                return None;
+            }
+        };
+        if let Err(e) = self.start_stream(config, &from) {
+            tracing::error!("{e}; stream not started, its lease is given back");
+            return None;
+        }
+        self.streams.get(name).map(|running| running.stop.clone())
+    }
+}
+
+/// The next command of the cluster coordinator; never, without a cluster.
+async fn next_command(cluster: &mut Option<Cluster>) -> Option<Command> {
+    match cluster {
+        Some(cluster) => cluster.commands.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Saves the checkpoints of `names` on a blocking thread (fsync, or a NATS
+/// round trip).
+async fn flush_blocking(
+    store: &CheckpointBackend,
+    checkpoints: &Arc<Mutex<BTreeMap<String, Tracked>>>,
+    names: Vec<String>,
+) {
+    let store = store.clone();
+    let checkpoints = checkpoints.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        let mut checkpoints = lock(&checkpoints);
+        for name in &names {
+            if let Some(tracked) = checkpoints.get_mut(name) {
+                tracked.flush(&store);
+            }
+        }
+    })
+    .await;
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -587,7 +724,7 @@ async fn drain_sinks(sinks: Vec<RunningSink>, timeout: Duration, abort: &Cancell
 
 /// Saves moved checkpoints every `interval`, and once more when stopped.
 async fn checkpoint_writer(
-    store: Option<CheckpointStore>,
+    store: Option<CheckpointBackend>,
     tracked: Arc<Mutex<BTreeMap<String, Tracked>>>,
     interval: Duration,
     stop: CancellationToken,

@@ -41,6 +41,77 @@ pub struct Config {
     pub streams: BTreeMap<String, StreamConfig>,
     pub sinks: BTreeMap<String, SinkConfig>,
     pub metrics: Option<MetricsConfig>,
+    /// Where checkpoints are kept: the state directory unless `[checkpoints]`
+    /// says `backend = "nats"`.
+    pub checkpoints: CheckpointBackendConfig,
+    /// `[cluster]`: several instances split the streams through leases.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// The `[checkpoints]` table.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum CheckpointBackendConfig {
+    /// `<data_dir>/checkpoints/<stream>.json` (the default).
+    #[default]
+    Local,
+    /// One key per stream in a JetStream key-value bucket.
+    Nats(NatsCheckpointConfig),
+}
+
+/// `[checkpoints] backend = "nats"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NatsCheckpointConfig {
+    pub connection: NatsConnection,
+    /// The key-value bucket, created if missing.
+    pub bucket: String,
+}
+
+/// The `[cluster]` table: stream leases in a JetStream key-value bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// Unique among the instances sharing `bucket`.
+    pub instance_id: String,
+    /// How long a lease lives without renewal; every instance must use the same.
+    pub lease_ttl: Duration,
+    /// The key-value bucket of leases and heartbeats (its `max_age` is `lease_ttl`).
+    pub bucket: String,
+}
+
+/// How to reach a NATS server: used by `nats` sinks and by the NATS
+/// checkpoint backend (and so by `[cluster]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NatsConnection {
+    /// `nats://host:port` or `tls://host:port`, one or more (a cluster's seeds).
+    pub urls: Vec<String>,
+    pub token: Option<Secret>,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    /// A `.creds` file (JWT + NKey seed), as `nsc` writes them.
+    pub credentials_file: Option<PathBuf>,
+    pub tls_required: bool,
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+}
+
+/// A `type = "nats"` sink: records published to JetStream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NatsSinkConfig {
+    pub connection: NatsConnection,
+    /// A subject template with `{stream}` and `{event}` placeholders.
+    pub subject: String,
+    /// The JetStream stream expected to take the subjects (checked through
+    /// the `Nats-Expected-Stream` header), if named.
+    pub stream: Option<String>,
+    /// Create `stream` if it does not exist.
+    pub create_stream: bool,
+    /// The stream's duplicate window when this sink creates it.
+    pub duplicate_window: Duration,
+    /// Publishes awaiting JetStream's ack at once.
+    pub max_in_flight: usize,
+    /// How long one publish waits for its ack before the batch is retried.
+    pub ack_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
 }
 
 /// The `[metrics]` table: where `/metrics` and `/health` are served.
@@ -104,6 +175,7 @@ pub enum SinkKind {
     },
     /// Boxed: it is several times the size of the others.
     Webhook(Box<WebhookConfig>),
+    Nats(Box<NatsSinkConfig>),
 }
 
 impl SinkKind {
@@ -112,6 +184,7 @@ impl SinkKind {
             SinkKind::Stdout => "stdout",
             SinkKind::File { .. } => "file",
             SinkKind::Webhook(_) => "webhook",
+            SinkKind::Nats(_) => "nats",
         }
     }
 }
@@ -235,6 +308,47 @@ struct RawConfig {
     #[serde(default)]
     sinks: BTreeMap<String, Spanned<RawSink>>,
     metrics: Option<RawMetrics>,
+    checkpoints: Option<Spanned<RawCheckpoints>>,
+    cluster: Option<Spanned<RawCluster>>,
+}
+
+/// The connection keys a NATS client takes, wherever they are written.
+struct RawNatsKeys<'a> {
+    url: &'a Option<Spanned<String>>,
+    urls: &'a Option<Spanned<Vec<Spanned<String>>>>,
+    token: &'a Option<Spanned<String>>,
+    user: &'a Option<Spanned<String>>,
+    password: &'a Option<Spanned<String>>,
+    credentials_file: &'a Option<Spanned<String>>,
+    tls_required: &'a Option<Spanned<bool>>,
+    ca_file: &'a Option<Spanned<String>>,
+    connect_timeout: &'a Option<Spanned<Duration>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheckpoints {
+    backend: Spanned<String>,
+    bucket: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
+    urls: Option<Spanned<Vec<Spanned<String>>>>,
+    token: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    password: Option<Spanned<String>>,
+    credentials_file: Option<Spanned<String>>,
+    tls_required: Option<Spanned<bool>>,
+    ca_file: Option<Spanned<String>>,
+    #[serde(default, deserialize_with = "spanned_duration")]
+    connect_timeout: Option<Spanned<Duration>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    instance_id: Spanned<String>,
+    #[serde(default, deserialize_with = "spanned_duration")]
+    lease_ttl: Option<Spanned<Duration>>,
+    bucket: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -303,9 +417,70 @@ struct RawSink {
     backoff_max: Option<Spanned<Duration>>,
     #[serde(default, deserialize_with = "spanned_duration")]
     retry_max: Option<Spanned<Duration>>,
+    // NATS sinks only (url, ca_file, connect_timeout and backoff_* are shared
+    // with webhooks).
+    urls: Option<Spanned<Vec<Spanned<String>>>>,
+    subject: Option<Spanned<String>>,
+    stream: Option<Spanned<String>>,
+    create_stream: Option<Spanned<bool>>,
+    #[serde(default, deserialize_with = "spanned_duration")]
+    duplicate_window: Option<Spanned<Duration>>,
+    max_in_flight: Option<Spanned<usize>>,
+    #[serde(default, deserialize_with = "spanned_duration")]
+    ack_timeout: Option<Spanned<Duration>>,
+    token: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    password: Option<Spanned<String>>,
+    credentials_file: Option<Spanned<String>>,
+    tls_required: Option<Spanned<bool>>,
 }
 
+/// Keys both webhook and NATS sinks take.
+const WEBHOOK_AND_NATS: &[&str] = &[
+    "url",
+    "ca_file",
+    "connect_timeout",
+    "backoff_initial",
+    "backoff_max",
+];
+
 impl RawSink {
+    /// The NATS-only keys present in the table, with where they are.
+    fn nats_keys(&self) -> Vec<(&'static str, Range<usize>)> {
+        [
+            ("urls", self.urls.as_ref().map(Spanned::span)),
+            ("subject", self.subject.as_ref().map(Spanned::span)),
+            ("stream", self.stream.as_ref().map(Spanned::span)),
+            (
+                "create_stream",
+                self.create_stream.as_ref().map(Spanned::span),
+            ),
+            (
+                "duplicate_window",
+                self.duplicate_window.as_ref().map(Spanned::span),
+            ),
+            (
+                "max_in_flight",
+                self.max_in_flight.as_ref().map(Spanned::span),
+            ),
+            ("ack_timeout", self.ack_timeout.as_ref().map(Spanned::span)),
+            ("token", self.token.as_ref().map(Spanned::span)),
+            ("user", self.user.as_ref().map(Spanned::span)),
+            ("password", self.password.as_ref().map(Spanned::span)),
+            (
+                "credentials_file",
+                self.credentials_file.as_ref().map(Spanned::span),
+            ),
+            (
+                "tls_required",
+                self.tls_required.as_ref().map(Spanned::span),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, span)| Some((key, span?)))
+        .collect()
+    }
+
     /// The webhook-only keys present in the table, with where they are.
     fn webhook_keys(&self) -> Vec<(&'static str, Range<usize>)> {
         [
@@ -474,6 +649,14 @@ impl Validator<'_> {
             let stream = self.stream(&name, span, stream.into_inner())?;
             streams.insert(name, stream);
         }
+        let checkpoints = match &raw.checkpoints {
+            Some(c) => self.checkpoints(c)?,
+            None => CheckpointBackendConfig::Local,
+        };
+        let cluster = match &raw.cluster {
+            Some(c) => Some(self.cluster(c, &checkpoints)?),
+            None => None,
+        };
         let mut sinks = BTreeMap::new();
         for (name, sink) in raw.sinks {
             let span = sink.span();
@@ -487,6 +670,8 @@ impl Validator<'_> {
             streams,
             sinks,
             metrics: raw.metrics.map(|m| self.metrics(&m)).transpose()?,
+            checkpoints,
+            cluster,
         })
     }
 
@@ -675,6 +860,15 @@ impl Validator<'_> {
                 .with_key(key.to_owned())),
             None => Ok(()),
         };
+        let only_for_nats = |raw: &RawSink| match raw.nats_keys().into_iter().next() {
+            Some((key, at)) => Err(self
+                .error(
+                    at,
+                    format!("key `{key}` only applies to sinks of type \"nats\""),
+                )
+                .with_key(key)),
+            None => Ok(()),
+        };
         let only_for_webhook = |raw: &RawSink| match raw.webhook_keys().into_iter().next() {
             Some((key, at)) => Err(self
                 .error(
@@ -687,12 +881,14 @@ impl Validator<'_> {
         let kind = match raw.kind.get_ref().as_str() {
             "stdout" => {
                 only_for_webhook(&raw)?;
+                only_for_nats(&raw)?;
                 only_for_file("path", raw.path.as_ref().map(Spanned::span))?;
                 only_for_file("fsync", raw.fsync.as_ref().map(Spanned::span))?;
                 SinkKind::Stdout
             }
             "file" => {
                 only_for_webhook(&raw)?;
+                only_for_nats(&raw)?;
                 let path = raw.path.as_ref().ok_or_else(|| {
                     self.error(span.clone(), "missing key `path` for a file sink")
                         .with_key("path")
@@ -707,13 +903,31 @@ impl Validator<'_> {
             "webhook" => {
                 only_for_file("path", raw.path.as_ref().map(Spanned::span))?;
                 only_for_file("fsync", raw.fsync.as_ref().map(Spanned::span))?;
+                only_for_nats(&raw)?;
                 SinkKind::Webhook(Box::new(self.webhook(span.clone(), &raw)?))
+            }
+            "nats" => {
+                only_for_file("path", raw.path.as_ref().map(Spanned::span))?;
+                only_for_file("fsync", raw.fsync.as_ref().map(Spanned::span))?;
+                let webhook_only = raw
+                    .webhook_keys()
+                    .into_iter()
+                    .find(|(key, _)| !WEBHOOK_AND_NATS.contains(key));
+                if let Some((key, at)) = webhook_only {
+                    return Err(self
+                        .error(
+                            at,
+                            format!("key `{key}` only applies to sinks of type \"webhook\""),
+                        )
+                        .with_key(key));
+                }
+                SinkKind::Nats(Box::new(self.nats_sink(span.clone(), &raw)?))
             }
             other => {
                 return Err(self
                     .error(raw.kind.span(), format!("unknown sink type `{other}`"))
                     .with_key("type")
-                    .with_help("expected one of: stdout, file, webhook"))
+                    .with_help("expected one of: stdout, file, webhook, nats"))
             }
         };
         let encoding = self.encoding(&kind, raw.encoding)?;
@@ -739,6 +953,9 @@ impl Validator<'_> {
         };
         let encoding = *raw.get_ref();
         let help = match (kind, encoding) {
+            (SinkKind::Nats(_), Encoding::Data | Encoding::Ndjson) => {
+                "a nats sink publishes one JSON record a message: \"json\""
+            }
             (SinkKind::Webhook(_), Encoding::Data) => {
                 "a webhook sends records: \"json\" (a JSON array a request) or \"ndjson\" (one record a line)"
             }
@@ -847,6 +1064,333 @@ impl Validator<'_> {
             backoff_initial,
             backoff_max,
             retry_max,
+        })
+    }
+
+    /// The `[checkpoints]` table.
+    fn checkpoints(
+        &self,
+        raw: &Spanned<RawCheckpoints>,
+    ) -> Result<CheckpointBackendConfig, ConfigError> {
+        let span = raw.span();
+        let raw = raw.get_ref();
+        let keys = RawNatsKeys {
+            url: &raw.url,
+            urls: &raw.urls,
+            token: &raw.token,
+            user: &raw.user,
+            password: &raw.password,
+            credentials_file: &raw.credentials_file,
+            tls_required: &raw.tls_required,
+            ca_file: &raw.ca_file,
+            connect_timeout: &raw.connect_timeout,
+        };
+        match raw.backend.get_ref().as_str() {
+            "local" => {
+                let nats_key = [
+                    ("bucket", raw.bucket.as_ref().map(Spanned::span)),
+                    ("url", raw.url.as_ref().map(Spanned::span)),
+                    ("urls", raw.urls.as_ref().map(Spanned::span)),
+                ]
+                .into_iter()
+                .find_map(|(key, at)| Some((key, at?)));
+                if let Some((key, at)) = nats_key {
+                    return Err(self
+                        .error(
+                            at,
+                            format!("key `{key}` only applies to backend = \"nats\""),
+                        )
+                        .with_key(key));
+                }
+                Ok(CheckpointBackendConfig::Local)
+            }
+            "nats" => Ok(CheckpointBackendConfig::Nats(NatsCheckpointConfig {
+                connection: self.nats_connection(span, &keys)?,
+                bucket: self.bucket_name(&raw.bucket, "sse-relay-checkpoints")?,
+            })),
+            other => Err(self
+                .error(
+                    raw.backend.span(),
+                    format!("unknown checkpoint backend `{other}`"),
+                )
+                .with_key("backend")
+                .with_help("expected one of: local, nats")),
+        }
+    }
+
+    /// The `[cluster]` table; it needs checkpoints every instance can read.
+    fn cluster(
+        &self,
+        raw: &Spanned<RawCluster>,
+        checkpoints: &CheckpointBackendConfig,
+    ) -> Result<ClusterConfig, ConfigError> {
+        let span = raw.span();
+        let raw = raw.get_ref();
+        if *checkpoints == CheckpointBackendConfig::Local {
+            return Err(self
+                .error(span, "[cluster] needs shared checkpoints")
+                .with_help(
+                    "add [checkpoints] backend = \"nats\": a stream taken over by another \
+                     instance must resume from where this one left it",
+                ));
+        }
+        let instance_id = self.expand(&raw.instance_id)?;
+        let valid = !instance_id.is_empty()
+            && instance_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+        if !valid {
+            return Err(self
+                .error(
+                    raw.instance_id.span(),
+                    format!("invalid instance_id `{instance_id}`"),
+                )
+                .with_key("instance_id")
+                .with_help("use letters, digits, `_` and `-`, e.g. \"${HOSTNAME}\""));
+        }
+        let lease_ttl =
+            match &raw.lease_ttl {
+                None => Duration::from_secs(10),
+                Some(ttl) if *ttl.get_ref() < Duration::from_secs(1) => return Err(self
+                    .error(ttl.span(), "`lease_ttl` must be at least 1s")
+                    .with_key("lease_ttl")
+                    .with_help(
+                        "leases are renewed every third of it; shorter ones churn on any hiccup",
+                    )),
+                Some(ttl) => *ttl.get_ref(),
+            };
+        Ok(ClusterConfig {
+            instance_id,
+            lease_ttl,
+            bucket: self.bucket_name(&raw.bucket, "sse-relay-leases")?,
+        })
+    }
+
+    fn bucket_name(
+        &self,
+        raw: &Option<Spanned<String>>,
+        default: &str,
+    ) -> Result<String, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(default.to_owned());
+        };
+        let name = self.expand(raw)?;
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+        if valid {
+            Ok(name)
+        } else {
+            Err(self
+                .error(raw.span(), format!("invalid bucket name `{name}`"))
+                .with_key("bucket")
+                .with_help("bucket names use letters, digits, `_` and `-`"))
+        }
+    }
+
+    /// NATS connection keys. Errors name keys, never secret values.
+    fn nats_connection(
+        &self,
+        span: Range<usize>,
+        raw: &RawNatsKeys<'_>,
+    ) -> Result<NatsConnection, ConfigError> {
+        let mut urls = Vec::new();
+        let mut given = Vec::new();
+        if let Some(url) = raw.url {
+            given.push(url);
+        }
+        if let Some(list) = raw.urls {
+            if raw.url.is_some() {
+                return Err(self
+                    .error(list.span(), "set `url` or `urls`, not both")
+                    .with_key("urls"));
+            }
+            given.extend(list.get_ref().iter());
+        }
+        if given.is_empty() {
+            return Err(self
+                .error(span, "missing key `url` for a NATS connection")
+                .with_key("url")
+                .with_help("e.g. url = \"nats://127.0.0.1:4222\""));
+        }
+        for value in given {
+            let text = self.expand(value)?;
+            let scheme = text.split_once("://").map(|(scheme, _)| scheme);
+            if !matches!(scheme, Some("nats" | "tls")) {
+                return Err(self
+                    .error(value.span(), format!("unsupported NATS url `{text}`"))
+                    .with_key("url")
+                    .with_help("write nats://host:port, or tls://host:port for TLS"));
+            }
+            urls.push(text);
+        }
+        let secret = |value: &Option<Spanned<String>>, key: &str| -> Result<_, ConfigError> {
+            match value {
+                None => Ok(None),
+                Some(v) => {
+                    let text = self.expand(v)?;
+                    if text.is_empty() {
+                        return Err(self
+                            .error(v.span(), format!("`{key}` is empty"))
+                            .with_key(key.to_owned()));
+                    }
+                    Ok(Some(Secret::new(text)))
+                }
+            }
+        };
+        let token = secret(raw.token, "token")?;
+        let password = secret(raw.password, "password")?;
+        let user = raw.user.as_ref().map(|u| self.expand(u)).transpose()?;
+        let credentials_file = raw
+            .credentials_file
+            .as_ref()
+            .map(|f| self.expand(f).map(PathBuf::from))
+            .transpose()?;
+        if user.is_some() != password.is_some() {
+            let at = raw
+                .user
+                .as_ref()
+                .or(raw.password.as_ref())
+                .map_or(span.clone(), Spanned::span);
+            return Err(self
+                .error(at, "`user` and `password` go together")
+                .with_key(if user.is_some() { "password" } else { "user" }));
+        }
+        let methods = [token.is_some(), user.is_some(), credentials_file.is_some()];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            return Err(self
+                .error(span, "more than one way to authenticate to NATS")
+                .with_help("set one of: `token`, `user` + `password`, `credentials_file`"));
+        }
+        let connect_timeout = match raw.connect_timeout {
+            None => Duration::from_secs(5),
+            Some(t) if t.get_ref().is_zero() => {
+                return Err(self
+                    .error(t.span(), "`connect_timeout` must be above zero")
+                    .with_key("connect_timeout"))
+            }
+            Some(t) => *t.get_ref(),
+        };
+        Ok(NatsConnection {
+            urls,
+            token,
+            user,
+            password,
+            credentials_file,
+            tls_required: raw.tls_required.as_ref().is_some_and(|t| *t.get_ref()),
+            ca_file: raw
+                .ca_file
+                .as_ref()
+                .map(|f| self.expand(f).map(PathBuf::from))
+                .transpose()?,
+            connect_timeout,
+        })
+    }
+
+    /// The keys of a `type = "nats"` sink.
+    fn nats_sink(&self, span: Range<usize>, raw: &RawSink) -> Result<NatsSinkConfig, ConfigError> {
+        let keys = RawNatsKeys {
+            url: &raw.url,
+            urls: &raw.urls,
+            token: &raw.token,
+            user: &raw.user,
+            password: &raw.password,
+            credentials_file: &raw.credentials_file,
+            tls_required: &raw.tls_required,
+            ca_file: &raw.ca_file,
+            connect_timeout: &raw.connect_timeout,
+        };
+        let connection = self.nats_connection(span.clone(), &keys)?;
+        let subject_raw = raw.subject.as_ref().ok_or_else(|| {
+            self.error(span.clone(), "missing key `subject` for a nats sink")
+                .with_key("subject")
+                .with_help("e.g. subject = \"sse.{stream}.{event}\"")
+        })?;
+        let subject = self.expand(subject_raw)?;
+        if let Err(problem) = crate::sink::nats::check_subject_template(&subject) {
+            return Err(self
+                .error(
+                    subject_raw.span(),
+                    format!("invalid subject `{subject}`: {problem}"),
+                )
+                .with_key("subject")
+                .with_help(
+                    "tokens are separated by `.`; `{stream}` and `{event}` are replaced by the \
+                     stream name and event type (with `.`, `*`, `>` and spaces made `_`)",
+                ));
+        }
+        let stream = match &raw.stream {
+            None => None,
+            Some(s) => {
+                let name = self.expand(s)?;
+                let valid = !name.is_empty()
+                    && !name
+                        .chars()
+                        .any(|c| matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace());
+                if !valid {
+                    return Err(self
+                        .error(s.span(), format!("invalid JetStream stream name `{name}`"))
+                        .with_key("stream")
+                        .with_help("stream names cannot hold `.`, `*`, `>`, `/`, `\\` or spaces"));
+                }
+                Some(name)
+            }
+        };
+        let create_stream = raw.create_stream.as_ref().is_some_and(|c| *c.get_ref());
+        if create_stream && stream.is_none() {
+            let at = raw
+                .create_stream
+                .as_ref()
+                .map_or(span.clone(), Spanned::span);
+            return Err(self
+                .error(at, "`create_stream = true` needs `stream`")
+                .with_key("create_stream")
+                .with_help("name the JetStream stream to create, e.g. stream = \"SSE\""));
+        }
+        let max_in_flight = match &raw.max_in_flight {
+            None => 256,
+            Some(m) if *m.get_ref() == 0 => {
+                return Err(self
+                    .error(m.span(), "`max_in_flight` must be at least 1")
+                    .with_key("max_in_flight"))
+            }
+            Some(m) => *m.get_ref(),
+        };
+        let above_zero =
+            |key: &str, value: &Option<Spanned<Duration>>, default: Duration| match value {
+                None => Ok(default),
+                Some(v) if v.get_ref().is_zero() => Err(self
+                    .error(v.span(), format!("`{key}` must be above zero"))
+                    .with_key(key.to_owned())),
+                Some(v) => Ok(*v.get_ref()),
+            };
+        let backoff_initial = above_zero(
+            "backoff_initial",
+            &raw.backoff_initial,
+            Duration::from_millis(100),
+        )?;
+        let backoff_max = above_zero("backoff_max", &raw.backoff_max, Duration::from_secs(10))?;
+        if backoff_initial > backoff_max {
+            let at = raw.backoff_initial.as_ref().map_or(span, Spanned::span);
+            return Err(self
+                .error(at, "`backoff_initial` must be at most `backoff_max`")
+                .with_key("backoff_initial"));
+        }
+        Ok(NatsSinkConfig {
+            connection,
+            subject,
+            stream,
+            create_stream,
+            duplicate_window: above_zero(
+                "duplicate_window",
+                &raw.duplicate_window,
+                Duration::from_secs(120),
+            )?,
+            max_in_flight,
+            ack_timeout: above_zero("ack_timeout", &raw.ack_timeout, Duration::from_secs(5))?,
+            backoff_initial,
+            backoff_max,
         })
     }
 

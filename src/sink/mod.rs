@@ -17,6 +17,7 @@
 //!   acknowledgements held until [`Sink::sync`] says so.
 
 mod file;
+pub mod nats;
 mod stdout;
 mod webhook;
 
@@ -34,6 +35,7 @@ use crate::metrics::SinkMetrics;
 use crate::record::Record;
 
 pub use file::FileSink;
+pub use nats::NatsSink;
 pub use stdout::StdoutSink;
 pub use webhook::WebhookSink;
 

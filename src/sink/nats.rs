@@ -1,0 +1,339 @@
+//! The NATS JetStream sink: each output record is published, as its JSON
+//! object, to a subject made from a template (`sse.{stream}.{event}`).
+//!
+//! An event is acknowledged only after JetStream's publish ack, so a stream's
+//! checkpoint never passes an event JetStream does not hold. Each publish with
+//! an event id carries `Nats-Msg-Id: <stream>:<id>`: JetStream drops a message
+//! whose id it saw within the stream's duplicate window, so the replay that
+//! follows a crash (events after the checkpoint, some already published) is
+//! not stored twice. Events that share an id (a server that sets `id:` only on
+//! some events: the others inherit it) get `<stream>:<id>#<n>` for the n-th
+//! repeat, so they are not mistaken for duplicates; the numbering restarts
+//! with each new id, so a replay numbers them the same way. Events without an
+//! id have no message id: a replay may store them twice.
+//!
+//! Publishes are pipelined: up to `max_in_flight` wait for their acks at once,
+//! awaited in the order they were sent. A batch whose publish fails (NATS down,
+//! no ack within `ack_timeout`, no stream takes the subject) fails as a whole
+//! and the shared runner retries it with this sink's backoff; the part already
+//! acknowledged in order is not sent again. While it retries, the queue fills
+//! and the streams feeding it stop reading: nothing is lost. A retry re-sends
+//! messages whose ack was lost; their message ids make JetStream drop them.
+//!
+//! Order: JetStream stores messages in the order they arrive on the one
+//! connection; a message rejected mid-pipeline while later ones were stored
+//! is re-sent after them (`max_in_flight = 1` rules that out, at a cost in
+//! throughput).
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishErrorKind};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+
+use super::{Delivery, Sink, Written};
+use crate::config::NatsSinkConfig;
+use crate::stream::backoff::Backoff;
+
+/// Informational headers on every message, beside `Nats-Msg-Id`.
+pub const STREAM_HEADER: &str = "SSE-Stream";
+pub const EVENT_HEADER: &str = "SSE-Event";
+pub const ID_HEADER: &str = "SSE-Id";
+
+pub struct NatsSink {
+    name: String,
+    config: Box<NatsSinkConfig>,
+    context: Option<jetstream::Context>,
+    backoff: Backoff,
+    /// How many deliveries at the front of the current batch JetStream has
+    /// acknowledged, in order: a retry starts after them.
+    done: usize,
+    /// Per stream: the id of its last published event and how many events
+    /// after the first carried that same id.
+    repeats: HashMap<Arc<str>, (Arc<str>, u64)>,
+    /// The message id computed for each delivery of the current batch, kept so
+    /// a retry sends exactly the same ids.
+    ids: Vec<Option<String>>,
+}
+
+impl NatsSink {
+    pub fn new(name: &str, config: Box<NatsSinkConfig>) -> NatsSink {
+        NatsSink {
+            name: name.to_owned(),
+            backoff: Backoff::new(
+                config.backoff_initial,
+                config.backoff_max,
+                config.backoff_max,
+            ),
+            config,
+            context: None,
+            done: 0,
+            repeats: HashMap::new(),
+            ids: Vec::new(),
+        }
+    }
+
+    /// Connects (once per call) and, with `create_stream`, makes sure the
+    /// JetStream stream exists.
+    async fn context(&mut self) -> io::Result<jetstream::Context> {
+        if let Some(context) = &self.context {
+            return Ok(context.clone());
+        }
+        let client = crate::nats::connect(
+            &self.config.connection,
+            &format!("sse-relay sink {}", self.name),
+            self.config.backoff_max,
+        )
+        .await
+        .map_err(io::Error::other)?;
+        let context = jetstream::ContextBuilder::new()
+            .timeout(self.config.ack_timeout)
+            // Our own pipeline bounds what waits for acks; the client's limit
+            // only has to be no lower.
+            .max_ack_inflight(self.config.max_in_flight.max(1))
+            .build(client);
+        if let (true, Some(stream)) = (self.config.create_stream, &self.config.stream) {
+            let subjects = vec![wildcard_subject(&self.config.subject)];
+            let config = jetstream::stream::Config {
+                name: stream.clone(),
+                subjects: subjects.clone(),
+                duplicate_window: self.config.duplicate_window,
+                ..Default::default()
+            };
+            context.get_or_create_stream(config).await.map_err(|e| {
+                io::Error::other(format!(
+                    "cannot create JetStream stream `{stream}` for {}: {e}",
+                    subjects.join(", ")
+                ))
+            })?;
+        }
+        tracing::info!(
+            sink = %self.name,
+            "connected to NATS at {}",
+            crate::nats::shown_urls(&self.config.connection)
+        );
+        self.context = Some(context.clone());
+        Ok(context)
+    }
+
+    /// The message id of `delivery`, numbering repeats of the same id.
+    fn message_id(&mut self, delivery: &Delivery) -> Option<String> {
+        let record = &delivery.record;
+        let id = record.event.id()?;
+        let entry = self
+            .repeats
+            .entry(record.stream.clone())
+            .or_insert_with(|| (Arc::from(""), 0));
+        if *entry.0 == *id {
+            entry.1 += 1;
+        } else {
+            *entry = (record.event.id.clone(), 0);
+        }
+        Some(match entry.1 {
+            0 => format!("{}:{id}", record.stream),
+            n => format!("{}:{id}#{n}", record.stream),
+        })
+    }
+
+    fn headers(&self, delivery: &Delivery, msg_id: Option<&str>) -> HeaderMap {
+        let record = &delivery.record;
+        let mut headers = HeaderMap::new();
+        if let Some(msg_id) = msg_id {
+            headers.insert("Nats-Msg-Id", msg_id);
+        }
+        if let Some(stream) = &self.config.stream {
+            headers.insert("Nats-Expected-Stream", stream.as_str());
+        }
+        headers.insert(STREAM_HEADER, &*record.stream);
+        headers.insert(EVENT_HEADER, &*record.event.event);
+        if let Some(id) = record.event.id() {
+            headers.insert(ID_HEADER, id);
+        }
+        headers
+    }
+
+    /// Publishes `batch[self.done..]`, pipelined, advancing `self.done` as acks
+    /// arrive in order.
+    async fn publish(&mut self, batch: &[Delivery]) -> io::Result<()> {
+        let context = self.context().await?;
+        let mut pending = VecDeque::with_capacity(self.config.max_in_flight);
+        let mut json = Vec::with_capacity(512);
+        for index in self.done..batch.len() {
+            if pending.len() >= self.config.max_in_flight {
+                self.await_oldest(&mut pending, batch).await?;
+            }
+            let delivery = &batch[index];
+            let subject = render_subject(
+                &self.config.subject,
+                &delivery.record.stream,
+                &delivery.record.event.event,
+            );
+            json.clear();
+            delivery.record.write_json(&mut json);
+            let headers = self.headers(delivery, self.ids[index].as_deref());
+            let ack = context
+                .publish_with_headers(subject, headers, Bytes::copy_from_slice(&json))
+                .await
+                .map_err(|e| self.publish_error(e, delivery))?;
+            pending.push_back(ack);
+        }
+        while !pending.is_empty() {
+            self.await_oldest(&mut pending, batch).await?;
+        }
+        Ok(())
+    }
+
+    async fn await_oldest(
+        &mut self,
+        pending: &mut VecDeque<jetstream::context::PublishAckFuture>,
+        batch: &[Delivery],
+    ) -> io::Result<()> {
+        let Some(ack) = pending.pop_front() else {
+            return Ok(());
+        };
+        match ack.await {
+            Ok(_ack) => {
+                // `_ack.duplicate` is a replay JetStream already had: just as done.
+                self.done += 1;
+                Ok(())
+            }
+            Err(e) => Err(self.publish_error(e, &batch[self.done])),
+        }
+    }
+
+    fn publish_error(
+        &mut self,
+        error: async_nats::jetstream::context::PublishError,
+        delivery: &Delivery,
+    ) -> io::Error {
+        let subject = render_subject(
+            &self.config.subject,
+            &delivery.record.stream,
+            &delivery.record.event.event,
+        );
+        let hint = match error.kind() {
+            PublishErrorKind::StreamNotFound => match &self.config.stream {
+                Some(stream) => format!(
+                    ": no JetStream stream takes `{subject}`: create `{stream}` with that subject, or set create_stream = true"
+                ),
+                None => format!(
+                    ": no JetStream stream takes `{subject}`: create one, or set `stream` and create_stream = true"
+                ),
+            },
+            PublishErrorKind::TimedOut => format!(
+                ": no ack within ack_timeout ({})",
+                humantime::format_duration(self.config.ack_timeout)
+            ),
+            _ => String::new(),
+        };
+        io::Error::other(format!(
+            "publish to `{subject}` (stream {} id {}) failed: {error}{hint}",
+            delivery.record.stream,
+            delivery.record.event.id().unwrap_or("(none)")
+        ))
+    }
+}
+
+impl Sink for NatsSink {
+    async fn write(&mut self, batch: &mut Vec<Delivery>) -> io::Result<Written> {
+        if self.ids.len() != batch.len() {
+            // First attempt at this batch: number the message ids once.
+            self.ids = batch.iter().map(|d| self.message_id(d)).collect();
+            self.done = 0;
+        }
+        let result = self.publish(batch).await;
+        if result.is_ok() {
+            self.done = 0;
+            self.ids.clear();
+            self.backoff.reset();
+        }
+        result.map(|()| Written::Durable)
+    }
+
+    fn retry_delay(&mut self, _failures: u32) -> Duration {
+        self.backoff.next_delay(None)
+    }
+}
+
+/// One subject token from a name: `.`, `*`, `>`, whitespace and control
+/// characters become `_` (they would split the subject or make it a
+/// wildcard), and an empty name becomes `_`.
+pub fn subject_token(name: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control();
+    if name.is_empty() {
+        return "_".into();
+    }
+    if !name.chars().any(bad) {
+        return name.into();
+    }
+    name.chars()
+        .map(|c| if bad(c) { '_' } else { c })
+        .collect::<String>()
+        .into()
+}
+
+/// The subject of an event of type `event` from `stream`.
+pub fn render_subject(template: &str, stream: &str, event: &str) -> String {
+    template
+        .replace("{stream}", &subject_token(stream))
+        .replace("{event}", &subject_token(event))
+}
+
+/// The template with each token that holds a placeholder made `*`: the
+/// subjects a created stream takes.
+pub fn wildcard_subject(template: &str) -> String {
+    template
+        .split('.')
+        .map(|token| {
+            if token.contains("{stream}") || token.contains("{event}") {
+                "*"
+            } else {
+                token
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Checks a subject template: non-empty tokens, no wildcards, no spaces, and
+/// no placeholder other than `{stream}` and `{event}`.
+pub fn check_subject_template(template: &str) -> Result<(), String> {
+    let rendered = render_subject(template, "s", "e");
+    if rendered.contains(['{', '}']) {
+        return Err("the only placeholders are {stream} and {event}".into());
+    }
+    for token in rendered.split('.') {
+        if token.is_empty() {
+            return Err("empty token (two dots in a row, or a leading or trailing dot)".into());
+        }
+        if token == "*" || token == ">" || token.contains(['*', '>']) {
+            return Err("wildcards (`*`, `>`) cannot be published to".into());
+        }
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("subjects cannot contain spaces or control characters".into());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_break_the_subject() {
+        assert_eq!(
+            render_subject("sse.{stream}.{event}", "wiki.en", "edit *> x"),
+            "sse.wiki_en.edit____x"
+        );
+        assert_eq!(render_subject("sse.{stream}.{event}", "a", ""), "sse.a._");
+        assert_eq!(wildcard_subject("sse.{stream}.x-{event}"), "sse.*.*");
+        assert!(check_subject_template("sse.{stream}.{event}").is_ok());
+        assert!(check_subject_template("sse..{stream}").is_err());
+        assert!(check_subject_template("sse.>").is_err());
+        assert!(check_subject_template("sse.{bogus}").is_err());
+    }
+}
