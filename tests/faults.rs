@@ -717,6 +717,8 @@ async fn an_id_with_nul_is_ignored_and_one_with_control_bytes_is_not_sent() {
         [None, Some("1"), None, Some("7")],
         "an id that cannot be a header value is not sent"
     );
+    // The id is escaped in the log, not written raw.
+    log_line(&log, &["(attempt 1, Last-Event-ID bad\\u{1}id)"]);
     log_line(
         &log,
         &[

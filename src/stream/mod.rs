@@ -127,7 +127,9 @@ impl Stream {
             let resume = if last_id.is_empty() {
                 "no Last-Event-ID".to_owned()
             } else {
-                format!("Last-Event-ID {last_id}")
+                // The id is the server's text: control characters are escaped,
+                // not written into the log (or the terminal) as they are.
+                format!("Last-Event-ID {}", last_id.escape_debug())
             };
             tracing::warn!(
                 "stream={} reconnecting in {:.1}s after {reason} (attempt {}, {resume})",
