@@ -31,7 +31,9 @@ pub fn summary(path: &Path, config: &Config) -> String {
     for sink in config.sinks.values() {
         let target = match &sink.kind {
             SinkKind::Stdout => "stdout".to_owned(),
-            SinkKind::File { path, fsync, .. } => format!("file {path} (fsync {fsync:?})"),
+            SinkKind::File { path, fsync, .. } => {
+                format!("file {path} (fsync {})", fsync_name(*fsync))
+            }
             SinkKind::Webhook(webhook) => webhook_summary(sink.encoding, webhook),
             SinkKind::Nats(nats) => format!(
                 "nats {} subject {}{}",
@@ -164,4 +166,13 @@ fn webhook_summary(encoding: Encoding, webhook: &WebhookConfig) -> String {
     }
     out.push(')');
     out
+}
+
+/// The policy as the configuration spells it.
+fn fsync_name(policy: crate::config::FsyncPolicy) -> &'static str {
+    match policy {
+        crate::config::FsyncPolicy::Never => "never",
+        crate::config::FsyncPolicy::Interval => "interval",
+        crate::config::FsyncPolicy::EveryBatch => "every_batch",
+    }
 }
