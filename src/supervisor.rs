@@ -681,8 +681,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Waits until the sinks acknowledged everything `tracker`'s stream queued.
 async fn wait_acknowledged(tracker: &AckTracker, timeout: Duration) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tracker.has_in_flight() && tokio::time::Instant::now() < deadline {
+    // None: a timeout too large for the clock, i.e. no deadline.
+    let deadline = tokio::time::Instant::now().checked_add(timeout);
+    while tracker.has_in_flight() && deadline.is_none_or(|d| tokio::time::Instant::now() < d) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

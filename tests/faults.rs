@@ -35,6 +35,11 @@ impl Relay {
     /// Starts `sse-relay run` with one stream `s` from `url` (plus `extra` keys)
     /// into a JSON-lines file sink; stderr goes to a log file.
     fn start(url: &str, extra: &str) -> Relay {
+        Relay::start_with(url, "shutdown_timeout = \"5s\"", extra)
+    }
+
+    /// As [`Relay::start`], with `top` as the top-level keys of the config.
+    fn start_with(url: &str, top: &str, extra: &str) -> Relay {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
         let config = dir.path().join("sse-relay.toml");
@@ -49,7 +54,7 @@ impl Relay {
                 r#"
 data_dir = "{d}/state"
 checkpoint_interval = "50ms"
-shutdown_timeout = "5s"
+{top}
 
 [streams.s]
 url = "{url}"
@@ -1236,5 +1241,48 @@ fn a_config_error_inside_an_escaped_string_is_located_without_panicking() {
     assert!(
         stderr.contains("environment variable `NOPE` is not set") && stderr.contains("bad.toml:3:"),
         "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_with_a_shutdown_timeout_near_the_clock_limit_does_not_panic() {
+    // Restarting a changed stream waits up to shutdown_timeout for its events to
+    // be acknowledged: `now + shutdown_timeout` used to overflow and panic.
+    let server = TestServer::start(|_, _| {
+        Reply::events([numbered(1, 1)]).ending(Ending::Hold(Duration::from_secs(30)))
+    })
+    .await;
+    let mut relay = Relay::start_with(
+        &server.url("/"),
+        "shutdown_timeout = \"300000000000years\"",
+        "idle_timeout = \"60s\"",
+    );
+    common::wait_for_records(&relay.out(), 1, Duration::from_secs(10)).await;
+    let config = relay.dir.path().join("sse-relay.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("idle_timeout = \"60s\"", "idle_timeout = \"61s\""),
+    )
+    .unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &relay.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The changed stream restarts: a second request, resuming after event 1.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.requests().len() < 2 {
+        relay.assert_running();
+        assert!(Instant::now() < deadline, "{}", relay.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    relay.assert_running();
+    let log = relay.stop().await;
+    assert_eq!(
+        last_event_ids(&server.requests()),
+        [None, Some("1")],
+        "{log}"
     );
 }
