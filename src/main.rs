@@ -97,8 +97,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return fail(format!("error: cannot start the async runtime: {e}"));
         }
     };
     runtime.block_on(async {
@@ -106,7 +105,10 @@ fn main() -> ExitCode {
             Command::Run { config } => run(config).await,
             Command::Check { config } => match Config::load(&config) {
                 Ok(loaded) => {
-                    print!("{}", check::summary(&config, &loaded));
+                    use std::io::Write;
+                    // Not print!: a closed stdout (`check | head`) must not panic.
+                    let _ =
+                        std::io::stdout().write_all(check::summary(&config, &loaded).as_bytes());
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
@@ -145,7 +147,9 @@ fn main() -> ExitCode {
 }
 
 fn fail(error: impl std::fmt::Display) -> ExitCode {
-    eprintln!("{error}");
+    use std::io::Write;
+    // Not eprintln!: it panics when stderr is closed.
+    let _ = writeln!(std::io::stderr(), "{error}");
     ExitCode::FAILURE
 }
 
@@ -319,6 +323,9 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A closed stderr must not panic the task that logged (it could be
+        // the signal handler, and then SIGTERM would be lost).
+        .log_internal_errors(false)
         .with_target(false);
     // journald stamps every line itself; a second timestamp is noise.
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();

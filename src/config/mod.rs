@@ -299,7 +299,7 @@ pub enum Encoding {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     data_dir: Option<Spanned<String>>,
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(default, deserialize_with = "nonzero_duration")]
     checkpoint_interval: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     shutdown_timeout: Option<Duration>,
@@ -369,7 +369,7 @@ struct RawStream {
     backoff_max: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     idle_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(default, deserialize_with = "nonzero_duration")]
     connect_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     retry_max: Option<Duration>,
@@ -394,7 +394,7 @@ struct RawSink {
     encoding: Option<Spanned<Encoding>>,
     path: Option<Spanned<String>>,
     fsync: Option<Spanned<FsyncPolicy>>,
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(default, deserialize_with = "nonzero_duration")]
     fsync_interval: Option<Duration>,
     // Webhook sinks only (checked in `Validator::sink`).
     url: Option<Spanned<String>>,
@@ -548,6 +548,17 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, 
     humantime::parse_duration(&text)
         .map(Some)
         .map_err(|e| serde::de::Error::custom(format!("invalid duration `{text}`: {e}")))
+}
+
+/// A duration that must be above zero: an interval (a zero period would spin or
+/// panic a timer) or a timeout (zero would fail every attempt).
+fn nonzero_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    match duration(d)? {
+        Some(zero) if zero.is_zero() => Err(serde::de::Error::custom(
+            "invalid duration `0s`: this setting must be above zero",
+        )),
+        other => Ok(other),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1531,6 +1542,14 @@ path = "/var/log/sse-relay/{stream}.jsonl"
         assert_eq!(err.table.as_deref(), Some("streams.wiki"));
         assert!(err.help.as_deref().unwrap().contains("backoff_initial"));
         assert!(err.to_string().contains("sse-relay.toml:9:1"));
+    }
+
+    #[test]
+    fn zero_intervals_are_refused_where_they_would_spin() {
+        let src = GOOD.replace("data_dir = ", "checkpoint_interval = \"0s\"\ndata_dir = ");
+        let err = parse(&src).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("checkpoint_interval"), "{err}");
+        assert!(err.message.contains("above zero"), "{err}");
     }
 
     #[test]
