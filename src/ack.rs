@@ -71,6 +71,25 @@ impl AckTracker {
         state.latest_seq
     }
 
+    /// `count` events were dispatched, the last with id `last_id`, and the
+    /// sinks in `routed` are about to be given some of them: `(slot, i)` marks
+    /// slot's sink as routed up to the `i`th event (from 0). One lock for a
+    /// chunk's worth of events. Returns the first event's sequence number; the
+    /// others follow it.
+    pub fn dispatched_many(&self, count: u64, last_id: &Arc<str>, routed: &[(usize, u64)]) -> u64 {
+        let mut state = self.lock();
+        let first = state.latest_seq + 1;
+        state.latest_seq += count;
+        if !Arc::ptr_eq(&state.latest_id, last_id) {
+            state.latest_id = last_id.clone();
+        }
+        for &(slot, i) in routed {
+            let sink = &mut state.sinks[slot];
+            sink.routed = sink.routed.max(first + i);
+        }
+        first
+    }
+
     /// The stream's last event id is now `id`, possibly through a block that
     /// dispatched no event. Once every sink has caught up it becomes the checkpoint.
     pub fn observe_id(&self, id: &Arc<str>) {
@@ -184,5 +203,28 @@ mod tests {
         let tracker = AckTracker::new(0, "");
         tracker.dispatched(&id("7"));
         assert_eq!(&*tracker.checkpoint(), "7");
+    }
+
+    #[test]
+    fn a_chunk_dispatched_at_once_checkpoints_like_one_by_one() {
+        let tracker = AckTracker::new(2, "0");
+        let last = id("3");
+        // Three events; sink 0 takes all, sink 1 only the first.
+        let first = tracker.dispatched_many(3, &last, &[(0, 2), (1, 0)]);
+        assert_eq!(first, 1);
+        assert_eq!(tracker.in_flight(0), 3);
+        assert_eq!(tracker.in_flight(1), 1);
+        tracker.acknowledge(1, 1, &id("1"));
+        assert_eq!(&*tracker.checkpoint(), "0", "sink 0 holds it back");
+        tracker.acknowledge(0, 2, &id("2"));
+        assert_eq!(&*tracker.checkpoint(), "2");
+        tracker.acknowledge(0, 3, &last);
+        assert_eq!(&*tracker.checkpoint(), "3");
+        assert_eq!(tracker.dispatched_many(2, &id("5"), &[]), 4);
+        assert_eq!(
+            &*tracker.checkpoint(),
+            "5",
+            "nothing in flight: the newest id"
+        );
     }
 }

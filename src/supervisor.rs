@@ -40,7 +40,7 @@ use crate::cluster::{Cluster, Command};
 use crate::config::{CheckpointBackendConfig, Config, SinkConfig, SinkKind, StreamConfig};
 use crate::metrics::{Metrics, Stage};
 use crate::notify;
-use crate::route::{Route, Router};
+use crate::route::{self, Budget, Route, Router};
 use crate::sink::{self, Delivery, FileSink, NatsSink, SinkTask, StdoutSink, WebhookSink};
 use crate::stream::{Stream, StreamEnd};
 
@@ -182,6 +182,8 @@ struct RunningSink {
     abort: CancellationToken,
     task: JoinHandle<()>,
     dropped: prometheus_client::metrics::counter::Counter,
+    /// Bytes of records its queue may hold, shared by the streams routed to it.
+    budget: Arc<Budget>,
 }
 
 struct RunningStream {
@@ -351,6 +353,7 @@ impl Supervisor {
                 abort,
                 task: handle,
                 dropped,
+                budget: Budget::new(route::DEFAULT_QUEUE_BYTES),
             },
         );
         Ok(())
@@ -388,6 +391,7 @@ impl Supervisor {
                         .map(|t| Arc::from(t.as_slice())),
                     when_full: running.config.when_full,
                     dropped: running.dropped.clone(),
+                    budget: running.budget.clone(),
                 })
             })
             .collect();

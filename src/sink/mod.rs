@@ -40,7 +40,7 @@ pub use stdout::StdoutSink;
 pub use webhook::WebhookSink;
 
 /// One record on its way to one sink, with what the sink needs to acknowledge it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Delivery {
     pub record: Arc<Record>,
     /// The event's sequence number within its stream.
@@ -48,6 +48,8 @@ pub struct Delivery {
     pub tracker: Arc<AckTracker>,
     /// This sink's slot in the stream's tracker.
     pub slot: usize,
+    /// The sink's queue budget bytes this delivery holds until dropped.
+    pub held: crate::route::Held,
 }
 
 /// What a successful write means for acknowledgement.

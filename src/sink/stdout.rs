@@ -4,7 +4,7 @@ use std::io;
 
 use tokio::io::AsyncWriteExt;
 
-use super::{Delivery, Sink, Written};
+use super::{Batching, Delivery, Sink, Written};
 use crate::config::Encoding;
 
 pub struct StdoutSink {
@@ -43,7 +43,23 @@ impl Sink for StdoutSink {
         }
         self.out.flush().await?;
         self.buffer.clear();
+        // Kept for the next batch, unless a huge event grew it.
+        if self.buffer.capacity() > 4 << 20 {
+            self.buffer = Vec::new();
+        }
         self.written = 0;
         Ok(Written::Durable)
+    }
+
+    // Bounded in bytes as the file sink is, for the same reasons.
+    fn batching(&self) -> Batching {
+        Batching {
+            max_bytes: super::file::BATCH_BYTES,
+            ..Batching::default()
+        }
+    }
+
+    fn size(&self, delivery: &Delivery) -> usize {
+        super::file::record_bytes(delivery)
     }
 }

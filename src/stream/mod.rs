@@ -269,12 +269,12 @@ impl Stream {
                 self.metrics.events.inc_by(events.len() as u64);
                 self.metrics.last_event.set(unix_now());
             }
-            for event in events.drain(..) {
+            if !events.is_empty() {
                 tokio::select! {
                     // Stop even while a full sink queue holds us: what was not
                     // queued is not acknowledged, so the checkpoint stays before it.
                     _ = shutdown.cancelled() => return Attempt::Shutdown,
-                    routed = self.router.route(event, received_at) => {
+                    routed = self.router.route_all(&mut events, received_at) => {
                         if routed.is_err() {
                             return Attempt::Shutdown;
                         }
