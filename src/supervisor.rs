@@ -323,7 +323,14 @@ impl Supervisor {
             reopen: self.reopen.subscribe(),
         };
         let handle = match &config.kind {
-            SinkKind::Stdout => tokio::spawn(sink::run(StdoutSink::new(config.encoding), task)),
+            SinkKind::Stdout => {
+                // Without checkpoints (`tail`, `demo`) a closed stdout ends the run.
+                let stop_when_closed = self.store.is_none().then(|| self.shutdown.clone());
+                tokio::spawn(sink::run(
+                    StdoutSink::new(config.encoding, stop_when_closed),
+                    task,
+                ))
+            }
             SinkKind::File {
                 path,
                 fsync,

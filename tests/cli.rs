@@ -203,3 +203,36 @@ async fn sigterm_drains_saves_the_checkpoint_and_exits_zero() {
     let saved = std::fs::read_to_string(dir.path().join("state/checkpoints/s.json")).unwrap();
     assert!(saved.contains("\"last_event_id\":\"3\""), "{saved}");
 }
+
+#[tokio::test]
+async fn tail_stops_when_its_reader_goes_away() {
+    let server = common::NumberedServer::start(u64::MAX, 1, Duration::from_millis(5)).await;
+    let url = server.url();
+    let result = tokio::task::spawn_blocking(move || {
+        use std::io::{BufRead, BufReader};
+        let mut child = sse_relay()
+            .args(["tail", &url])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        drop(lines); // `| head -n 1`: the reader exits
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (first, status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("tail kept running after its reader went away");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(result.0.contains("\"id\":\"1\""), "{}", result.0);
+    assert!(result.1.success(), "{:?}", result.1);
+}
