@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces the README's Performance table on this machine, loopback only.
 #
-#   bench/run.sh              everything (parser, end to end, scale): ~15 minutes
-#   bench/run.sh parser e2e   only some parts (parser | e2e | scale)
+#   bench/run.sh              everything (parser, end to end, scale, latency): ~15 minutes
+#   bench/run.sh parser e2e   only some parts (parser | e2e | scale | latency)
 #
 # Parts:
 #   parser  criterion (benches/parser.rs): sse-relay's parser against LaunchDarkly's
@@ -14,6 +14,10 @@
 #           comment: sse-relay's RSS and idle CPU; then the server restarts and
 #           every stream must reconnect (spread of reconnect times) and resume
 #           with the Last-Event-ID it had.
+#   latency loadgen's /paced: RATE (default 1000) events/s for LATENCY_SECS
+#           (default 10) s, each stamped with its send time; loadgen follows
+#           the relay's output file (polling every 50 us) and reports p50/p99
+#           from the server's write to the record being in the file.
 # Every loop is bounded in time; every process started here is stopped here.
 set -euo pipefail
 
@@ -23,7 +27,9 @@ RUNS=${RUNS:-3}
 STREAMS=${STREAMS:-10000}
 HEARTBEAT=${HEARTBEAT:-15}
 IDLE_WINDOW=${IDLE_WINDOW:-30}
-PARTS=${*:-parser e2e scale}
+RATE=${RATE:-1000}
+LATENCY_SECS=${LATENCY_SECS:-10}
+PARTS=${*:-parser e2e scale latency}
 WORK=$(mktemp -d /tmp/sse-bench.XXXXXX)
 RESULTS=$WORK/results.tsv
 PIDS=()
@@ -179,6 +185,26 @@ for name, value in [("reconnected", len(first)), ("resumed", resumed),
 EOF
   kill "$RELAY_PID" 2>/dev/null || true
   wait "$RELAY_PID" 2>/dev/null || true
+fi
+
+if [[ $PARTS == *latency* ]]; then
+  echo "== latency: $RATE events/s for ${LATENCY_SECS}s"
+  for run in $(seq "$RUNS"); do
+    dir=$WORK/latency-$run
+    mkdir -p "$dir"
+    start_loadgen --corpora "" --paced-rate "$RATE" --paced-secs "$LATENCY_SECS" \
+      --tail "$dir/out.jsonl" --exit-after $((LATENCY_SECS + 60))
+    lg_out=$(ls -t "$WORK"/loadgen.*.out | head -1)
+    printf 'data_dir = "%s/state"\n[streams.paced]\nurl = "http://%s/paced"\nbackoff_initial = "10ms"\n[sinks.file]\ntype = "file"\ninputs = ["*"]\npath = "%s/out.jsonl"\nencoding = "json"\nfsync = "never"\n' \
+      "$dir" "$LG_ADDR" "$dir" >"$dir/relay.toml"
+    timeout $((LATENCY_SECS + 60)) "$RELAY" run --config "$dir/relay.toml" >"$dir/relay.log" 2>&1 || true
+    wait "$LG_PID" 2>/dev/null || true
+    line=$(grep '^latency' "$lg_out" || echo "latency n=0")
+    echo "  $line"
+    for key in n p50_us p99_us max_us; do
+      record "latency.$key" "$run" "$(sed -n "s/.*$key=\([0-9]*\).*/\1/p" <<<"$line")"
+    done
+  done
 fi
 
 echo

@@ -117,6 +117,13 @@ if med("scale.rss_kib") is not None:
         row("scale: resumed with their Last-Event-ID", f"{med('scale.resumed'):.0f} of {n:.0f}",
             "all", ok(med("scale.resumed") >= n))
 
+if med("latency.p99_us") is not None:
+    p99 = med("latency.p99_us")
+    row("latency, server write -> record in file (1,000 events/s, fsync never)",
+        f"p50 {med('latency.p50_us') / 1000:.3f} ms, p99 {p99 / 1000:.3f} ms, "
+        f"max {med('latency.max_us') / 1000:.3f} ms ({med('latency.n'):.0f} events)",
+        "p99 < 1 ms", ok(p99 < 1000))
+
 print(f"Machine: {nproc} cores, {cpu}; loopback (127.0.0.1) only; medians.\n")
 print("| measurement | result | target | verdict |")
 print("|---|---|---|---|")

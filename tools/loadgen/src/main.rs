@@ -15,6 +15,13 @@
 //!   is a correct resume after a server restart (start the next server with
 //!   `--generation` one higher on the same port).
 //!
+//! * `GET /paced`: `--paced-rate` events a second for `--paced-secs`, each
+//!   carrying the time it was written (`data: {"sent_us":<unix µs>}`), then the
+//!   response ends (a second request gets 204). With `--tail FILE`, a thread
+//!   follows the relay's output file, polling every 50 µs, and when every event
+//!   has appeared prints `latency n=.. p50_us=.. p99_us=.. max_us=..` (server
+//!   write to record in the file, as seen by the poll) and exits.
+//!
 //! Every request is logged to `--log` as `<ms since start> <path> <Last-Event-ID or ->`.
 //! It stops by itself after `--exit-after` (and on SIGTERM/SIGINT).
 //! Only loopback addresses are accepted for `--addr`.
@@ -59,6 +66,15 @@ struct Args {
     /// Request log.
     #[arg(long)]
     log: Option<std::path::PathBuf>,
+    /// Events a second on `/paced`.
+    #[arg(long, default_value_t = 1000)]
+    paced_rate: u64,
+    /// How long `/paced` lasts, in seconds.
+    #[arg(long, default_value_t = 10)]
+    paced_secs: u64,
+    /// The relay's output file to follow for `/paced` latencies.
+    #[arg(long)]
+    tail: Option<std::path::PathBuf>,
     /// Stop after this many seconds whatever happens.
     #[arg(long, default_value_t = 600.0)]
     exit_after: f64,
@@ -69,6 +85,8 @@ struct Server {
     start: Instant,
     /// Pre-framed corpus bodies by name, and how often each was served.
     corpora: HashMap<String, (Bytes, Mutex<u64>)>,
+    /// How often `/paced` was served.
+    paced_served: Mutex<u64>,
     log: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
 }
 
@@ -93,6 +111,7 @@ fn main() {
     let server = Arc::new(Server {
         start: Instant::now(),
         corpora,
+        paced_served: Mutex::new(0),
         log: Mutex::new(log),
         args,
     });
@@ -103,6 +122,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    if let Some(path) = server.args.tail.clone() {
+        let expected = server.args.paced_rate * server.args.paced_secs;
+        let limit = Duration::from_secs_f64(server.args.exit_after);
+        std::thread::spawn(move || tail(&path, expected, limit));
+    }
     rt.block_on(serve(server.clone()));
     if let Some(log) = server.log.lock().unwrap().as_mut() {
         let _ = log.flush();
@@ -210,6 +234,30 @@ async fn handle(server: Arc<Server>, mut socket: TcpStream) {
             let _ = socket.write_all(body).await;
         }
         let _ = socket.shutdown().await;
+    } else if path == "/paced" {
+        let first = {
+            let mut served = server.paced_served.lock().unwrap();
+            *served += 1;
+            *served == 1
+        };
+        if !first {
+            let _ = socket.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+            return;
+        }
+        if socket.write_all(OK).await.is_err() {
+            return;
+        }
+        let rate = server.args.paced_rate.max(1);
+        let start = tokio::time::Instant::now();
+        for i in 0..rate * server.args.paced_secs {
+            tokio::time::sleep_until(start + Duration::from_micros(i * 1_000_000 / rate)).await;
+            let event = format!("id: {i}\ndata: {{\"sent_us\":{}}}\n\n", unix_micros());
+            if socket.write_all(&chunk(event.as_bytes())).await.is_err() {
+                return;
+            }
+        }
+        let _ = socket.write_all(b"0\r\n\r\n").await;
+        let _ = socket.shutdown().await;
     } else if let Some(key) = path.strip_prefix("/idle/") {
         idle(&server, socket, key, OK).await;
     } else {
@@ -276,4 +324,75 @@ async fn idle(server: &Server, mut socket: TcpStream, key: &str, ok: &[u8]) {
             _ = &mut dropped => return,
         }
     }
+}
+
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_micros() as u64
+}
+
+/// Follows `path` (created later by the relay) until `expected` records with a
+/// `sent_us` stamp have appeared or `limit` has passed; prints their latencies.
+fn tail(path: &std::path::Path, expected: u64, limit: Duration) {
+    use std::io::Read;
+    let deadline = Instant::now() + limit;
+    let mut file = loop {
+        if let Ok(f) = std::fs::File::open(path) {
+            break f;
+        }
+        if Instant::now() > deadline {
+            println!("latency n=0 (no output file)");
+            std::process::exit(1);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let mut pending = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut latencies = Vec::with_capacity(expected as usize);
+    const KEY: &[u8] = br#"sent_us\":"#;
+    while (latencies.len() as u64) < expected && Instant::now() < deadline {
+        let n = file.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            std::thread::sleep(Duration::from_micros(50));
+            continue;
+        }
+        let seen = unix_micros();
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let Some(at) = line.windows(KEY.len()).position(|w| w == KEY) else {
+                continue;
+            };
+            let digits = &line[at + KEY.len()..];
+            let len = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+            if let Ok(sent) = std::str::from_utf8(&digits[..len])
+                .unwrap_or("")
+                .parse::<u64>()
+            {
+                latencies.push(seen.saturating_sub(sent));
+            }
+        }
+    }
+    latencies.sort_unstable();
+    let pct = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "latency n={} p50_us={} p99_us={} max_us={}",
+        latencies.len(),
+        pct(0.5),
+        pct(0.99),
+        latencies.last().copied().unwrap_or(0)
+    );
+    let _ = std::io::stdout().flush();
+    std::process::exit(if latencies.len() as u64 == expected {
+        0
+    } else {
+        1
+    });
 }
