@@ -176,6 +176,13 @@ pub async fn run_with_reload(
     Ok(())
 }
 
+/// How a stream task ended on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    StoppedByServer,
+    Panicked,
+}
+
 struct RunningSink {
     config: SinkConfig,
     queue: mpsc::Sender<Delivery>,
@@ -206,7 +213,7 @@ struct Supervisor {
     /// Shared with the checkpoint writer.
     checkpoints: Arc<Mutex<BTreeMap<String, Tracked>>>,
     /// Streams stopped by their server (204) report here, with their generation.
-    ended_tx: mpsc::UnboundedSender<(String, u64)>,
+    ended_tx: mpsc::UnboundedSender<(String, u64, Ended)>,
     generation: u64,
     reopen: watch::Sender<u64>,
     /// Set with `[cluster]`: streams start and stop when its coordinator says.
@@ -251,7 +258,10 @@ impl Supervisor {
         };
         if let Some(id) = &saved {
             if !id.is_empty() {
-                tracing::info!("stream={name} resuming from checkpoint, Last-Event-ID {id}");
+                tracing::info!(
+                    "stream={name} resuming from checkpoint, Last-Event-ID {}",
+                    id.escape_debug()
+                );
             }
         }
         Ok(saved
@@ -261,7 +271,7 @@ impl Supervisor {
 
     async fn serve(
         &mut self,
-        mut ended: mpsc::UnboundedReceiver<(String, u64)>,
+        mut ended: mpsc::UnboundedReceiver<(String, u64, Ended)>,
         reloader: Option<Reloader>,
     ) {
         let writer_stop = CancellationToken::new();
@@ -281,9 +291,12 @@ impl Supervisor {
                     Some(reloader) => self.reload(reloader).await,
                     None => tracing::warn!("reload asked for, but this run has no configuration file to re-read"),
                 },
-                Some((name, generation)) = ended.recv() => {
-                    if self.streams.get(&name).is_some_and(|s| s.generation == generation) {
-                        self.streams.remove(&name);
+                Some((name, generation, how)) = ended.recv() => {
+                    let current = self.streams.get(&name).is_some_and(|s| s.generation == generation);
+                    if let Some(running) = current.then(|| self.streams.remove(&name)).flatten() {
+                        if how == Ended::Panicked {
+                            self.restart_after_panic(running).await;
+                        }
                     }
                     if self.streams.is_empty() && self.cluster.is_none() {
                         tracing::info!("every stream was stopped by its server (HTTP 204); finishing");
@@ -435,11 +448,22 @@ impl Supervisor {
         let task_stop = stop.clone();
         let task_name = name.clone();
         let task = tokio::spawn(async move {
-            let end = stream.run(task_stop).await;
-            if end == StreamEnd::StoppedByServer {
-                let _ = ended.send((task_name, generation));
+            use futures_util::FutureExt;
+            // A bug must not silently end a stream: the supervisor restarts it.
+            match std::panic::AssertUnwindSafe(stream.run(task_stop))
+                .catch_unwind()
+                .await
+            {
+                Ok(StreamEnd::StoppedByServer) => {
+                    let _ = ended.send((task_name, generation, Ended::StoppedByServer));
+                    StreamEnd::StoppedByServer
+                }
+                Ok(end) => end,
+                Err(_) => {
+                    let _ = ended.send((task_name, generation, Ended::Panicked));
+                    StreamEnd::Shutdown
+                }
             }
-            end
         });
         self.streams.insert(
             name,
@@ -453,6 +477,19 @@ impl Supervisor {
             },
         );
         Ok(())
+    }
+
+    /// Starts a stream whose task panicked again, from what its sinks
+    /// acknowledged, after a pause so that a bug cannot spin the CPU.
+    async fn restart_after_panic(&mut self, running: RunningStream) {
+        let name = running.config.name.clone();
+        tracing::error!("stream={name} task panicked (a bug: please report it); restarting it in 1s from its last acknowledged event");
+        wait_acknowledged(&running.tracker, self.config.shutdown_timeout).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let from = running.tracker.checkpoint().to_string();
+        if let Err(e) = self.start_stream(running.config, &from) {
+            tracing::error!("{e}; stream not restarted");
+        }
     }
 
     async fn reload(&mut self, reloader: &Reloader) {

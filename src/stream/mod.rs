@@ -322,8 +322,12 @@ fn describe_error(error: &reqwest::Error) -> (&'static str, String) {
     let mut text = what.to_owned();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        // reqwest's redirect error repeats our own words.
+        if cause_text != what {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     (kind, text)
