@@ -141,6 +141,11 @@ if [[ $PARTS == *scale* ]]; then
   timeout 900 "$RELAY" run --config "$dir/relay.toml" >"$dir/relay.log" 2>&1 &
   RELAY_PID=$!
   PIDS+=("$RELAY_PID")
+  # RSS and CPU are the relay's own, not those of `timeout` in front of it.
+  for _ in $(seq 50); do
+    REAL_PID=$(pgrep -P "$RELAY_PID" | head -1) && [ -n "$REAL_PID" ] && break
+    sleep 0.1
+  done
   # Wait (bounded) until every stream is connected and has its first event.
   for _ in $(seq 240); do
     [ "$(wc -l <"$dir/out.jsonl" 2>/dev/null || echo 0)" -ge "$STREAMS" ] && break
@@ -148,11 +153,11 @@ if [[ $PARTS == *scale* ]]; then
   done
   connected=$(wc -l <"$dir/out.jsonl")
   sleep 5 # let start-up allocations settle
-  rss_kib=$(awk '/^VmRSS/ {print $2}' "/proc/$RELAY_PID/status")
+  rss_kib=$(awk '/^VmRSS/ {print $2}' "/proc/$REAL_PID/status")
   hz=$(getconf CLK_TCK)
-  t0=$(awk '{print $14 + $15}' "/proc/$RELAY_PID/stat")
+  t0=$(awk '{print $14 + $15}' "/proc/$REAL_PID/stat")
   sleep "$IDLE_WINDOW"
-  t1=$(awk '{print $14 + $15}' "/proc/$RELAY_PID/stat")
+  t1=$(awk '{print $14 + $15}' "/proc/$REAL_PID/stat")
   idle_cpu=$(python3 -c "print(100 * ($t1 - $t0) / $hz / $IDLE_WINDOW)")
   record scale.connected 1 "$connected"
   record scale.rss_kib 1 "$rss_kib"
@@ -162,7 +167,7 @@ if [[ $PARTS == *scale* ]]; then
   wait "$LG_PID" 2>/dev/null || true
   start_loadgen --addr "127.0.0.1:$port" --corpora "" --heartbeat "$HEARTBEAT" --generation 2 --log "$dir/gen2.log" --exit-after 300
   for _ in $(seq 240); do
-    [ "$(grep -c /idle/ "$dir/gen2.log" 2>/dev/null || echo 0)" -ge "$STREAMS" ] && break
+    [ "$(cat "$dir/gen2.log" 2>/dev/null | grep -c /idle/)" -ge "$STREAMS" ] && break
     sleep 0.5
   done
   sleep 1.5 # the log is flushed every second
