@@ -1,6 +1,8 @@
 //! The HTTP side of a stream: the client, the request, and reading the answer.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{self, HeaderMap, HeaderValue};
@@ -8,10 +10,56 @@ use reqwest::{Client, ClientBuilder, Url};
 
 use crate::config::StreamConfig;
 
-/// Builds the stream's own client. Each stream gets its own (HTTP/1.1 unless
-/// `http2 = true`), so streams to one host never queue behind each other on a
-/// shared HTTP/2 connection.
+/// The client a stream uses. Streams speak HTTP/1.1 unless `http2 = true`, so
+/// streams to one host never queue behind each other on a shared HTTP/2
+/// connection: each request gets a connection of its own.
+///
+/// HTTP/1.1 streams with the same connection settings share one client: a
+/// client holds its own TLS root store and pool (over 100 KiB), and HTTP/1.1
+/// never puts two requests on one connection, so sharing changes nothing on
+/// the wire. A stream with `http2 = true` always gets its own.
 pub fn build_client(config: &StreamConfig) -> Result<Client, String> {
+    if config.http2 {
+        return new_client(config);
+    }
+    let ca_pem = match &config.ca_file {
+        // The contents, not the path: a reload after the file changed must
+        // not keep trusting the old CA.
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let key = ClientKey {
+        connect_timeout: config.connect_timeout,
+        max_redirects: config.max_redirects,
+        ca_pem,
+        tls_insecure: config.tls_insecure,
+    };
+    static SHARED: OnceLock<Mutex<HashMap<ClientKey, Client>>> = OnceLock::new();
+    let mut clients = SHARED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(client) = clients.get(&key) {
+        return Ok(client.clone());
+    }
+    let client = new_client(config)?;
+    clients.insert(key, client.clone());
+    Ok(client)
+}
+
+/// What makes two HTTP/1.1 streams' clients interchangeable.
+#[derive(Hash, PartialEq, Eq)]
+struct ClientKey {
+    connect_timeout: Duration,
+    max_redirects: usize,
+    ca_pem: Option<Vec<u8>>,
+    tls_insecure: bool,
+}
+
+fn new_client(config: &StreamConfig) -> Result<Client, String> {
     let mut builder = Client::builder()
         .user_agent(concat!("sse-relay/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(config.connect_timeout)
