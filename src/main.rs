@@ -290,6 +290,8 @@ fn stream_defaults(name: &str, url: reqwest::Url) -> StreamConfig {
         http2: false,
         ca_file: None,
         tls_insecure: false,
+        give_up_after: None,
+        give_up_statuses: sse_relay::config::DEFAULT_GIVE_UP_STATUSES.to_vec(),
     }
 }
 

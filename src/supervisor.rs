@@ -179,7 +179,8 @@ pub async fn run_with_reload(
 /// How a stream task ended on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
-    StoppedByServer,
+    /// A 204, or `give_up_after` refusals.
+    ForGood,
     Panicked,
 }
 
@@ -299,7 +300,7 @@ impl Supervisor {
                         }
                     }
                     if self.streams.is_empty() && self.cluster.is_none() {
-                        tracing::info!("every stream was stopped by its server (HTTP 204); finishing");
+                        tracing::info!("every stream has stopped for good (HTTP 204 or give_up_after); finishing");
                     }
                 }
             }
@@ -454,9 +455,9 @@ impl Supervisor {
                 .catch_unwind()
                 .await
             {
-                Ok(StreamEnd::StoppedByServer) => {
-                    let _ = ended.send((task_name, generation, Ended::StoppedByServer));
-                    StreamEnd::StoppedByServer
+                Ok(end @ (StreamEnd::StoppedByServer | StreamEnd::GaveUp)) => {
+                    let _ = ended.send((task_name, generation, Ended::ForGood));
+                    end
                 }
                 Ok(end) => end,
                 Err(_) => {

@@ -364,3 +364,49 @@ path = "{d}/all-{{stream}}.jsonl"
         assert!(all.iter().all(|r| r["stream"] == stream));
     }
 }
+
+#[tokio::test]
+async fn give_up_after_stops_a_stream_the_server_keeps_refusing() {
+    // A 500 in between breaks the run of refusals and starts the count again.
+    let server = TestServer::start(|n, _| match n {
+        1 => Reply::status(500),
+        _ => Reply::status(401),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = one_stream(dir.path(), &server.url("/"), "give_up_after = 3");
+    run_to_end(&config, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        server.requests().len(),
+        5,
+        "401, 500, then three 401s in a row"
+    );
+
+    // Statuses outside the list never count.
+    let server = TestServer::start(|n, _| match n {
+        0..=4 => Reply::status(403),
+        _ => Reply::status(204),
+    })
+    .await;
+    let extra = "give_up_after = 2\ngive_up_statuses = [401]";
+    run_to_end(
+        &one_stream(dir.path(), &server.url("/"), extra),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(server.requests().len(), 6, "403 is retried until the 204");
+}
+
+#[test]
+fn give_up_settings_are_validated() {
+    for (extra, key) in [
+        ("give_up_after = 0", "give_up_after"),
+        ("give_up_statuses = [200]", "give_up_statuses"),
+    ] {
+        let source = format!("[streams.s]\nurl = \"http://127.0.0.1:1/\"\n{extra}\n");
+        let err = Config::parse(Path::new("t.toml"), &source, |_| None).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some(key), "{err}");
+        assert_eq!(err.position.map(|p| p.0), Some(3), "{err}");
+    }
+}

@@ -139,7 +139,15 @@ pub struct StreamConfig {
     pub http2: bool,
     pub ca_file: Option<PathBuf>,
     pub tls_insecure: bool,
+    /// Stop the stream for good after this many attempts in a row answered
+    /// with a status in `give_up_statuses`; `None` retries forever.
+    pub give_up_after: Option<u32>,
+    pub give_up_statuses: Vec<u16>,
 }
+
+/// The statuses `give_up_after` counts unless `give_up_statuses` says otherwise:
+/// the ones that mean "not you" or "not here", which waiting does not fix.
+pub const DEFAULT_GIVE_UP_STATUSES: [u16; 4] = [401, 403, 404, 410];
 
 /// One `[sinks.NAME]` table.
 #[derive(Debug, Clone, PartialEq)]
@@ -380,6 +388,8 @@ struct RawStream {
     http2: Option<bool>,
     ca_file: Option<Spanned<String>>,
     tls_insecure: Option<bool>,
+    give_up_after: Option<Spanned<u32>>,
+    give_up_statuses: Option<Spanned<Vec<u16>>>,
 }
 
 #[derive(Deserialize)]
@@ -775,6 +785,27 @@ impl Validator<'_> {
             http2: raw.http2.unwrap_or(false),
             ca_file,
             tls_insecure: raw.tls_insecure.unwrap_or(false),
+            give_up_after: match &raw.give_up_after {
+                Some(n) if *n.get_ref() == 0 => {
+                    return Err(self
+                        .error(n.span(), "`give_up_after` must be at least 1")
+                        .with_key("give_up_after")
+                        .with_help("leave it out to retry forever"))
+                }
+                other => other.as_ref().map(|n| *n.get_ref()),
+            },
+            give_up_statuses: match &raw.give_up_statuses {
+                Some(list) => {
+                    if let Some(bad) = list.get_ref().iter().find(|s| !(400..=599).contains(*s)) {
+                        return Err(self
+                            .error(list.span(), format!("`{bad}` is not an HTTP error status"))
+                            .with_key("give_up_statuses")
+                            .with_help("list 4xx or 5xx statuses, e.g. [401, 403, 404, 410]"));
+                    }
+                    list.get_ref().clone()
+                }
+                None => DEFAULT_GIVE_UP_STATUSES.to_vec(),
+            },
         })
     }
 

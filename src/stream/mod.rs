@@ -33,6 +33,8 @@ use backoff::Backoff;
 pub enum StreamEnd {
     /// The server answered 204 No Content.
     StoppedByServer,
+    /// The server refused it `give_up_after` times in a row.
+    GaveUp,
     /// The daemon is shutting down.
     Shutdown,
 }
@@ -44,6 +46,8 @@ enum Attempt {
     Retry {
         /// A fixed word for metrics: `closed`, `idle_timeout`, `http_status`, ...
         kind: &'static str,
+        /// The status when the server answered something other than 200.
+        status: Option<u16>,
         reason: String,
         retry_after: Option<Duration>,
         delivered_events: bool,
@@ -92,6 +96,8 @@ impl Stream {
 
     /// Runs until the server says 204 or `shutdown` fires.
     pub async fn run(mut self, shutdown: CancellationToken) -> StreamEnd {
+        // Attempts in a row answered with a status in `give_up_statuses`.
+        let mut refusals = 0u32;
         loop {
             let attempt = self.attempt(&shutdown).await;
             let (reason, retry_after, delivered_events) = match attempt {
@@ -107,11 +113,26 @@ impl Stream {
                 }
                 Attempt::Retry {
                     kind,
+                    status,
                     reason,
                     retry_after,
                     delivered_events,
                 } => {
                     self.metrics.reconnect(kind);
+                    let counted = status.is_some_and(|s| self.config.give_up_statuses.contains(&s));
+                    refusals = if counted { refusals + 1 } else { 0 };
+                    if self
+                        .config
+                        .give_up_after
+                        .is_some_and(|limit| refusals >= limit)
+                    {
+                        self.metrics.set_connection(Connection::Stopped);
+                        tracing::error!(
+                            "stream={} giving up after {refusals} attempts in a row answered {reason} (give_up_after); this stream will not reconnect until the daemon is reloaded or restarted",
+                            self.config.name
+                        );
+                        return StreamEnd::GaveUp;
+                    }
                     (reason, retry_after, delivered_events)
                 }
             };
@@ -192,6 +213,7 @@ impl Stream {
             };
             return Attempt::Retry {
                 kind: "http_status",
+                status: Some(status.as_u16()),
                 reason: format!("HTTP {status}"),
                 retry_after,
                 delivered_events: false,
@@ -288,6 +310,7 @@ impl Stream {
         };
         Attempt::Retry {
             kind,
+            status: None,
             reason,
             retry_after: None,
             delivered_events: self.parser.stats().events > events_before,
@@ -298,6 +321,7 @@ impl Stream {
 fn retry(kind: &'static str, reason: String) -> Attempt {
     Attempt::Retry {
         kind,
+        status: None,
         reason,
         retry_after: None,
         delivered_events: false,
