@@ -36,9 +36,11 @@ PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  # Outputs run to hundreds of MB; KEEP_WORK=1 keeps them for a look.
+  if [ -z "${KEEP_WORK:-}" ]; then rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
-echo "work dir: $WORK"
+echo "work dir: $WORK (removed at exit unless KEEP_WORK=1)"
 
 # Enough descriptors for STREAMS sockets (the relay's and the server's are
 # separate processes, each needs STREAMS plus a few).
@@ -148,7 +150,7 @@ if [[ $PARTS == *scale* ]]; then
   done
   # Wait (bounded) until every stream is connected and has its first event.
   for _ in $(seq 240); do
-    [ "$(wc -l <"$dir/out.jsonl" 2>/dev/null || echo 0)" -ge "$STREAMS" ] && break
+    [ "$(wc -l 2>/dev/null <"$dir/out.jsonl" || echo 0)" -ge "$STREAMS" ] && break
     sleep 0.5
   done
   connected=$(wc -l <"$dir/out.jsonl")
