@@ -60,17 +60,6 @@ impl AckTracker {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A new event (or an id-only block) with id `id` was dispatched. Returns its
-    /// sequence number.
-    pub fn dispatched(&self, id: &Arc<str>) -> u64 {
-        let mut state = self.lock();
-        state.latest_seq += 1;
-        if !Arc::ptr_eq(&state.latest_id, id) {
-            state.latest_id = id.clone();
-        }
-        state.latest_seq
-    }
-
     /// `count` events were dispatched, the last with id `last_id`, and the
     /// sinks in `routed` are about to be given some of them: `(slot, i)` marks
     /// slot's sink as routed up to the `i`th event (from 0). One lock for a
@@ -98,14 +87,6 @@ impl AckTracker {
             state.latest_seq += 1;
             state.latest_id = id.clone();
         }
-    }
-
-    /// Event `seq` is about to be queued for the sink in `slot`. Call it before
-    /// the sink can see the event, so the sink is never acknowledged ahead of it.
-    pub fn routed(&self, slot: usize, seq: u64) {
-        let mut state = self.lock();
-        let sink = &mut state.sinks[slot];
-        sink.routed = sink.routed.max(seq);
     }
 
     /// The sink in `slot` made every event it was given up to `seq` durable.
@@ -155,15 +136,19 @@ mod tests {
         Arc::from(s)
     }
 
+    /// Dispatches one event with id `id`, routed to the sinks in `slots`.
+    fn one(tracker: &AckTracker, id: &Arc<str>, slots: &[usize]) -> u64 {
+        let marks: Vec<(usize, u64)> = slots.iter().map(|&slot| (slot, 0)).collect();
+        tracker.dispatched_many(1, id, &marks)
+    }
+
     #[test]
     fn checkpoint_follows_the_slower_sink() {
         let tracker = AckTracker::new(2, "0");
         let mut ids = Vec::new();
         for n in 1..=5 {
             let i = id(&n.to_string());
-            let seq = tracker.dispatched(&i);
-            tracker.routed(0, seq);
-            tracker.routed(1, seq);
+            let seq = one(&tracker, &i, &[0, 1]);
             ids.push((seq, i));
         }
         assert_eq!(&*tracker.checkpoint(), "0", "nothing acknowledged yet");
@@ -179,21 +164,17 @@ mod tests {
     fn filtered_events_do_not_wait_for_sinks_that_never_got_them() {
         let tracker = AckTracker::new(2, "");
         let a = id("a");
-        let seq_a = tracker.dispatched(&a);
-        tracker.routed(0, seq_a);
-        tracker.routed(1, seq_a);
+        let seq_a = one(&tracker, &a, &[0, 1]);
         tracker.acknowledge(0, seq_a, &a);
         tracker.acknowledge(1, seq_a, &a);
         // `b` goes to sink 0 only and is acknowledged there.
         let b = id("b");
-        let seq_b = tracker.dispatched(&b);
-        tracker.routed(0, seq_b);
+        let seq_b = one(&tracker, &b, &[0]);
         tracker.acknowledge(0, seq_b, &b);
         assert_eq!(&*tracker.checkpoint(), "b");
         // `c` goes to sink 1 only and is still in flight.
         let c = id("c");
-        let seq_c = tracker.dispatched(&c);
-        tracker.routed(1, seq_c);
+        let seq_c = one(&tracker, &c, &[1]);
         assert_eq!(&*tracker.checkpoint(), "a", "sink 1 last acknowledged `a`");
         assert_eq!(tracker.in_flight(1), seq_c - seq_a);
     }
@@ -201,7 +182,7 @@ mod tests {
     #[test]
     fn a_stream_without_sinks_checkpoints_what_it_saw() {
         let tracker = AckTracker::new(0, "");
-        tracker.dispatched(&id("7"));
+        one(&tracker, &id("7"), &[]);
         assert_eq!(&*tracker.checkpoint(), "7");
     }
 

@@ -128,15 +128,6 @@ impl Router {
         &self.tracker
     }
 
-    /// Routes one event, waiting while a blocking sink's queue or budget is full.
-    pub async fn route(
-        &mut self,
-        event: Event,
-        received_at: SystemTime,
-    ) -> Result<(), SinksClosed> {
-        self.route_all(&mut vec![event], received_at).await
-    }
-
     /// Routes `events` (one chunk's worth; left empty), in order, waiting while
     /// a blocking sink's queue or budget is full.
     ///
