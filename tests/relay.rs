@@ -43,25 +43,6 @@ fn out_file(dir: &Path) -> PathBuf {
     dir.join("out/s.jsonl")
 }
 
-/// Runs the daemon until every stream is stopped by its server, or panics
-/// after `within`.
-async fn run_to_end(config: &Config, within: Duration) {
-    tokio::time::timeout(
-        within,
-        supervisor::run(config, Checkpoints::OnDisk, Shutdown::default()),
-    )
-    .await
-    .expect("the daemon should stop once the server answers 204")
-    .expect("the daemon should run");
-}
-
-fn ids(records: &[serde_json::Value]) -> Vec<String> {
-    records
-        .iter()
-        .map(|r| r["id"].as_str().unwrap_or("null").to_owned())
-        .collect()
-}
-
 #[tokio::test]
 async fn events_arrive_intact_whatever_the_chunking_and_the_file_holds_exact_records() {
     let body =
@@ -86,7 +67,7 @@ async fn events_arrive_intact_whatever_the_chunking_and_the_file_holds_exact_rec
         })
         .await;
         let dir = tempfile::tempdir().unwrap();
-        run_to_end(
+        common::run_to_end(
             &one_stream(dir.path(), &server.url("/"), ""),
             Duration::from_secs(20),
         )
@@ -127,7 +108,7 @@ async fn reconnects_after_a_cut_and_resumes_from_the_last_complete_event() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let extra = r#"headers = { Authorization = "Bearer ${TEST_TOKEN}", X-Client = "relay-test" }"#;
-    run_to_end(
+    common::run_to_end(
         &one_stream(dir.path(), &server.url("/feed"), extra),
         Duration::from_secs(10),
     )
@@ -154,7 +135,7 @@ async fn reconnects_after_a_cut_and_resumes_from_the_last_complete_event() {
         assert_eq!(request.header("x-client"), Some("relay-test"));
     }
     let records = common::read_records(&out_file(dir.path()));
-    assert_eq!(ids(&records), ["1", "2", "3", "4", "5", "6"]);
+    assert_eq!(common::ids(&records), ["1", "2", "3", "4", "5", "6"]);
 }
 
 /// The time between the first and second request when the first answers `reply`.
@@ -168,7 +149,7 @@ async fn reconnect_gap(first: Reply, extra: &str) -> Duration {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    run_to_end(
+    common::run_to_end(
         &one_stream(dir.path(), &server.url("/"), extra),
         Duration::from_secs(20),
     )
@@ -218,7 +199,7 @@ async fn a_204_stops_the_stream_for_good() {
     let server = TestServer::start(|_, _| Reply::status(204)).await;
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    run_to_end(
+    common::run_to_end(
         &one_stream(dir.path(), &server.url("/"), ""),
         Duration::from_secs(5),
     )
@@ -241,7 +222,7 @@ async fn server_errors_and_wrong_content_types_are_retried() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    run_to_end(
+    common::run_to_end(
         &one_stream(dir.path(), &server.url("/"), ""),
         Duration::from_secs(10),
     )
@@ -249,7 +230,7 @@ async fn server_errors_and_wrong_content_types_are_retried() {
     assert_eq!(server.requests().len(), 6);
     let records = common::read_records(&out_file(dir.path()));
     assert_eq!(
-        ids(&records),
+        common::ids(&records),
         ["1", "2"],
         "only the text/event-stream body is relayed"
     );
@@ -289,10 +270,10 @@ async fn a_restart_resumes_from_the_saved_checkpoint() {
         &server.url("/"),
         r#"initial_last_event_id = "ignored-when-a-checkpoint-exists""#,
     );
-    run_to_end(&config, Duration::from_secs(10)).await;
+    common::run_to_end(&config, Duration::from_secs(10)).await;
     assert_eq!(server.requests()[0].header("last-event-id"), Some("5"));
     let records = common::read_records(&out_file(dir.path()));
-    assert_eq!(ids(&records), ["1", "2", "3", "4", "5", "6", "7"]);
+    assert_eq!(common::ids(&records), ["1", "2", "3", "4", "5", "6", "7"]);
 }
 
 #[tokio::test]
@@ -304,7 +285,7 @@ async fn initial_last_event_id_is_used_without_a_checkpoint() {
         &server.url("/"),
         r#"initial_last_event_id = "héllo-42""#,
     );
-    run_to_end(&config, Duration::from_secs(5)).await;
+    common::run_to_end(&config, Duration::from_secs(5)).await;
     // A non-ASCII id goes out as its UTF-8 bytes; the test server reads them lossily.
     assert_eq!(
         server.requests()[0].header("last-event-id"),
@@ -354,13 +335,13 @@ path = "{d}/all-{{stream}}.jsonl"
 "#,
         url = server.url("/")
     ));
-    run_to_end(&config, Duration::from_secs(10)).await;
+    common::run_to_end(&config, Duration::from_secs(10)).await;
     let kept = common::read_records(&dir.path().join("kept.jsonl"));
-    assert_eq!(ids(&kept), ["1", "3"]);
+    assert_eq!(common::ids(&kept), ["1", "3"]);
     assert!(kept.iter().all(|r| r["stream"] == "s"));
     for stream in ["s", "other"] {
         let all = common::read_records(&dir.path().join(format!("all-{stream}.jsonl")));
-        assert_eq!(ids(&all), ["1", "2", "3"], "stream {stream}");
+        assert_eq!(common::ids(&all), ["1", "2", "3"], "stream {stream}");
         assert!(all.iter().all(|r| r["stream"] == stream));
     }
 }
@@ -375,7 +356,7 @@ async fn give_up_after_stops_a_stream_the_server_keeps_refusing() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let config = one_stream(dir.path(), &server.url("/"), "give_up_after = 3");
-    run_to_end(&config, Duration::from_secs(10)).await;
+    common::run_to_end(&config, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         server.requests().len(),
@@ -390,7 +371,7 @@ async fn give_up_after_stops_a_stream_the_server_keeps_refusing() {
     })
     .await;
     let extra = "give_up_after = 2\ngive_up_statuses = [401]";
-    run_to_end(
+    common::run_to_end(
         &one_stream(dir.path(), &server.url("/"), extra),
         Duration::from_secs(10),
     )

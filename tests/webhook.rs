@@ -81,7 +81,7 @@ impl Attempt {
     }
 
     fn ids(&self) -> Vec<String> {
-        ids(&self.records())
+        common::ids(&self.records())
     }
 }
 
@@ -290,24 +290,6 @@ async fn sse_once(n: u64) -> TestServer {
     .await
 }
 
-/// Runs the daemon until its stream has ended and the sink has drained.
-async fn run_to_end(config: &Config, within: Duration) {
-    tokio::time::timeout(
-        within,
-        supervisor::run(config, Checkpoints::OnDisk, Shutdown::default()),
-    )
-    .await
-    .expect("the daemon should drain and stop")
-    .expect("the daemon should run");
-}
-
-fn ids(records: &[serde_json::Value]) -> Vec<String> {
-    records
-        .iter()
-        .map(|r| r["id"].as_str().unwrap_or("null").to_owned())
-        .collect()
-}
-
 fn range(from: u64, to: u64) -> Vec<String> {
     (from..=to).map(|n| n.to_string()).collect()
 }
@@ -347,7 +329,7 @@ timeout = "300ms"
 max_events = 10
 timeout = "100ms"
 "#;
-    run_to_end(
+    common::run_to_end(
         &config(dir.path(), &sse.url("/"), &receiver.url(), extra),
         Duration::from_secs(30),
     )
@@ -419,7 +401,7 @@ timeout = "200ms"
 "#,
         dead.display()
     );
-    run_to_end(
+    common::run_to_end(
         &config(dir.path(), &sse.url("/"), &receiver.url(), &extra),
         Duration::from_secs(20),
     )
@@ -473,7 +455,7 @@ async fn without_a_dead_letter_path_a_rejected_batch_is_dropped_not_retried() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let extra = "[sinks.hook.batch]\nmax_events = 3\ntimeout = \"200ms\"\n";
-    run_to_end(
+    common::run_to_end(
         &config(dir.path(), &sse.url("/"), &receiver.url(), extra),
         Duration::from_secs(20),
     )
@@ -531,7 +513,7 @@ headers = { Authorization = "Bearer ${TEST_TOKEN}", X-Source = "relay-test" }
 [sinks.hook.batch]
 max_events = 8
 "#;
-    run_to_end(
+    common::run_to_end(
         &config(dir.path(), &sse.url("/"), &receiver.url(), extra),
         Duration::from_secs(20),
     )
@@ -567,7 +549,7 @@ async fn a_secret_file_signs_plain_json_bodies() {
     let secret_file = dir.path().join("secret");
     std::fs::write(&secret_file, "from-a-file\n").unwrap();
     let extra = format!("secret_file = \"{}\"\n", secret_file.display());
-    run_to_end(
+    common::run_to_end(
         &config(dir.path(), &sse.url("/"), &receiver.url(), &extra),
         Duration::from_secs(20),
     )
@@ -589,7 +571,7 @@ async fn max_events_1_sends_one_event_a_request() {
     let receiver = Receiver::start(|_| Answer::Ok).await;
     let dir = tempfile::tempdir().unwrap();
     let extra = "[sinks.hook.batch]\nmax_events = 1\n";
-    run_to_end(
+    common::run_to_end(
         &config(dir.path(), &sse.url("/"), &receiver.url(), extra),
         Duration::from_secs(20),
     )
@@ -611,7 +593,7 @@ async fn bodies_stay_within_max_bytes() {
             "encoding = \"{encoding}\"\n[sinks.hook.batch]\nmax_bytes = {max_bytes}\ntimeout = \"200ms\"\n"
         );
         let dir = tempfile::tempdir().unwrap();
-        run_to_end(
+        common::run_to_end(
             &config(dir.path(), &sse.url("/"), &receiver.url(), &extra),
             Duration::from_secs(20),
         )
@@ -643,7 +625,7 @@ async fn a_batch_closes_at_its_timeout() {
     let receiver = Receiver::start(|_| Answer::Ok).await;
     let dir = tempfile::tempdir().unwrap();
     let extra = "[sinks.hook.batch]\nmax_events = 1000\ntimeout = \"300ms\"\n";
-    run_to_end(
+    common::run_to_end(
         &config(dir.path(), &sse.url("/"), &receiver.url(), extra),
         Duration::from_secs(20),
     )

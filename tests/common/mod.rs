@@ -554,3 +554,24 @@ pub fn process_usage(pid: u32) -> Option<(usize, u64, u64)> {
     };
     Some((fds, kib("VmRSS:")?, kib("VmHWM:")?))
 }
+
+/// Runs the daemon in process until every stream has stopped for good and the
+/// sinks have drained, or panics after `within`.
+pub async fn run_to_end(config: &sse_relay::config::Config, within: Duration) {
+    use sse_relay::supervisor::{run, Checkpoints, Shutdown};
+    tokio::time::timeout(
+        within,
+        run(config, Checkpoints::OnDisk, Shutdown::default()),
+    )
+    .await
+    .expect("the daemon should drain and stop once every server answered 204")
+    .expect("the daemon should run");
+}
+
+/// The `id` of each record, `"null"` where it has none.
+pub fn ids(records: &[serde_json::Value]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| r["id"].as_str().unwrap_or("null").to_owned())
+        .collect()
+}
