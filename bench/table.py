@@ -39,12 +39,13 @@ if os.path.isdir(criterion_dir):
     for group in ["small-16k", "large-16k", "multiline-16k", "small-256k", "large-256k", "huge-16k"]:
         corpus = group.split("-")[0]
         rates = {b: crit(group, b) for b in
-                 ["sse-relay", "launchdarkly", "eventsource-stream", "sse-stream", "memchr-lines"]}
+                 ["sse-relay", "sse-relay-owned", "launchdarkly", "eventsource-stream", "sse-stream",
+                  "memchr-lines"]}
         ours = rates["sse-relay"]
         if ours is None:
             continue
         parts = []
-        for name in ["launchdarkly", "eventsource-stream", "sse-stream", "memchr-lines"]:
+        for name in ["sse-relay-owned", "launchdarkly", "eventsource-stream", "sse-stream", "memchr-lines"]:
             r = rates[name]
             if r:
                 parts.append(f"{name} {r / 1e6:,.0f} MB/s ({ours / r:.2f}x)")

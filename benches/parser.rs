@@ -11,7 +11,11 @@
 //! Each is fed as a sequence of `Bytes` chunks of 16 KiB (and 256 KiB for the
 //! chunk-size cases), as a socket would hand them over. Comparators:
 //!
-//! * `sse-relay`: [`sse_relay::sse::Parser`], every event built and dropped;
+//! * `sse-relay`: [`sse_relay::sse::Parser::feed_ref`], the path the relay uses:
+//!   each event handed out borrowed, its data and id looked at (their lengths
+//!   summed) so nothing is optimised away;
+//! * `sse-relay-owned`: [`sse_relay::sse::Parser::feed`], every event built as an
+//!   owned `Event` (its data a `String`) and dropped, like the peers' events;
 //! * `launchdarkly`: LaunchDarkly's `eventsource-client`, whose parser is internal,
 //!   so its whole client runs over an in-memory transport serving the chunks;
 //! * `eventsource-stream`, `sse-stream`: their streams over an in-memory stream;
@@ -55,12 +59,30 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-fn ours(chunks: &[Bytes]) -> u64 {
-    // Room for the 8 MiB lines; the defaults (1 MiB lines) would drop them.
-    let mut parser = Parser::new(Limits {
+/// Room for the 8 MiB lines; the defaults (1 MiB lines) would drop them.
+fn bench_parser() -> Parser {
+    Parser::new(Limits {
         max_line_bytes: 16 << 20,
         max_event_bytes: 16 << 20,
-    });
+    })
+}
+
+fn ours(chunks: &[Bytes]) -> u64 {
+    let mut parser = bench_parser();
+    let mut events = 0u64;
+    let mut text_bytes = 0usize;
+    for chunk in chunks {
+        parser.feed_ref(chunk, &mut |event| {
+            text_bytes += event.data.len() + event.id.len() + event.event.len();
+            events += 1;
+        });
+    }
+    std::hint::black_box(text_bytes);
+    events
+}
+
+fn ours_owned(chunks: &[Bytes]) -> u64 {
+    let mut parser = bench_parser();
     let mut events = 0u64;
     for chunk in chunks {
         parser.feed(chunk, &mut |event| {
@@ -250,6 +272,11 @@ fn parsers(c: &mut Criterion) {
         // Correctness first: every comparator finds every event.
         assert_eq!(ours(&chunks), corpus.events, "sse-relay on {group_name}");
         assert_eq!(
+            ours_owned(&chunks),
+            corpus.events,
+            "sse-relay-owned on {group_name}"
+        );
+        assert_eq!(
             launchdarkly::count(&rt, &chunks),
             corpus.events,
             "launchdarkly on {group_name}"
@@ -274,6 +301,9 @@ fn parsers(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(bytes));
         group.bench_function(BenchmarkId::from_parameter("sse-relay"), |b| {
             b.iter(|| ours(&chunks))
+        });
+        group.bench_function(BenchmarkId::from_parameter("sse-relay-owned"), |b| {
+            b.iter(|| ours_owned(&chunks))
         });
         group.bench_function(BenchmarkId::from_parameter("memchr-lines"), |b| {
             b.iter(|| memchr_lines(&chunks))

@@ -65,12 +65,12 @@ impl AckTracker {
     /// slot's sink as routed up to the `i`th event (from 0). One lock for a
     /// chunk's worth of events. Returns the first event's sequence number; the
     /// others follow it.
-    pub fn dispatched_many(&self, count: u64, last_id: &Arc<str>, routed: &[(usize, u64)]) -> u64 {
+    pub fn dispatched_many(&self, count: u64, last_id: &str, routed: &[(usize, u64)]) -> u64 {
         let mut state = self.lock();
         let first = state.latest_seq + 1;
         state.latest_seq += count;
-        if !Arc::ptr_eq(&state.latest_id, last_id) {
-            state.latest_id = last_id.clone();
+        if *state.latest_id != *last_id {
+            state.latest_id = Arc::from(last_id);
         }
         for &(slot, i) in routed {
             let sink = &mut state.sinks[slot];
@@ -81,21 +81,23 @@ impl AckTracker {
 
     /// The stream's last event id is now `id`, possibly through a block that
     /// dispatched no event. Once every sink has caught up it becomes the checkpoint.
-    pub fn observe_id(&self, id: &Arc<str>) {
+    pub fn observe_id(&self, id: &str) {
         let mut state = self.lock();
-        if !Arc::ptr_eq(&state.latest_id, id) && *state.latest_id != **id {
+        if *state.latest_id != *id {
             state.latest_seq += 1;
-            state.latest_id = id.clone();
+            state.latest_id = Arc::from(id);
         }
     }
 
     /// The sink in `slot` made every event it was given up to `seq` durable.
-    pub fn acknowledge(&self, slot: usize, seq: u64, id: &Arc<str>) {
+    pub fn acknowledge(&self, slot: usize, seq: u64, id: &str) {
         let mut state = self.lock();
         let sink = &mut state.sinks[slot];
         if seq > sink.acked {
             sink.acked = seq;
-            sink.acked_id = id.clone();
+            if *sink.acked_id != *id {
+                sink.acked_id = Arc::from(id);
+            }
         }
     }
 

@@ -30,3 +30,17 @@ impl Event {
         }
     }
 }
+
+/// An event as [`crate::sse::Parser::feed_ref`] hands it out: its text borrowed
+/// from the chunk being parsed or from the parser, valid during the callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    /// The event type: `message` unless the block named another.
+    pub event: &'a str,
+    /// The data lines of the block joined with `\n`.
+    pub data: &'a str,
+    /// The last event id in effect at dispatch (empty: none).
+    pub id: &'a str,
+    /// A valid `retry` value (milliseconds) seen in this event's own block.
+    pub retry: Option<u64>,
+}

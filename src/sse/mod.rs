@@ -1,7 +1,7 @@
 //! The SSE wire format: a pure, incremental parser and the [`Event`] it yields.
 //!
 //! Nothing in here does I/O or knows about tokio: bytes go in through
-//! [`Parser::feed`], events come out through a callback. That keeps the hot path a
+//! [`Parser::feed_ref`] (or [`Parser::feed`]), events come out through a callback. That keeps the hot path a
 //! plain loop over byte slices, testable and benchmarkable on its own, and lets the
 //! module be lifted into its own crate unchanged.
 //!
@@ -11,5 +11,5 @@
 mod event;
 mod parser;
 
-pub use event::Event;
+pub use event::{Event, EventRef};
 pub use parser::{Limits, Parser, ParserStats};

@@ -306,7 +306,7 @@ impl Stream {
             // An id-only block moves the resume point without an event.
             self.router
                 .tracker()
-                .observe_id(self.parser.last_event_id_shared());
+                .observe_id(self.parser.last_event_id());
         };
         Attempt::Retry {
             kind,
