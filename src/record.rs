@@ -1,4 +1,5 @@
-//! The output record and its JSON-lines encoding.
+//! The output record, how records travel ([`Records`]: a chunk's worth in one
+//! allocation), and the JSON-lines encoding.
 //!
 //! Every stdout and file sink line is one JSON object with the keys in this
 //! order (outside tooling depends on it):
@@ -11,26 +12,129 @@
 //! sink's buffer; it is on the hot path, so string escaping copies runs of plain
 //! bytes in blocks and consults a table only for the bytes that need escaping.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::Encoding;
-use crate::sse::Event;
+use crate::sse::EventRef;
 
-/// An event as it leaves a stream for its sinks.
+/// The records one stream received in one chunk, stored together: all their
+/// text in one buffer, and per record where its parts lie in it.
+///
+/// This is what travels from a stream to its sinks (shared, in an `Arc`): a
+/// chunk of small events costs two allocations, not several per event, and
+/// each event's text is copied once, from the parser's borrowed event.
+#[derive(Debug)]
+pub struct Records {
+    stream: Arc<str>,
+    received_at: SystemTime,
+    text: String,
+    spans: Vec<Span>,
+}
+
+/// Where one record's parts lie in [`Records::text`].
 #[derive(Debug, Clone)]
-pub struct Record {
-    pub stream: Arc<str>,
-    pub event: Event,
+struct Span {
+    event: Range<usize>,
+    id: Range<usize>,
+    data: Range<usize>,
+}
+
+impl Records {
+    /// Records of `stream` received at `received_at`, with room for about
+    /// `text_bytes` of event text.
+    pub fn new(stream: Arc<str>, received_at: SystemTime, text_bytes: usize) -> Self {
+        Records {
+            stream,
+            received_at,
+            text: String::with_capacity(text_bytes),
+            spans: Vec::new(),
+        }
+    }
+
+    /// Appends a copy of `event`. A type or id equal to the previous record's
+    /// is not stored again.
+    pub fn push(&mut self, event: &EventRef<'_>) {
+        let (event_range, id_range) = match self.spans.last() {
+            Some(prev) => (
+                if self.text[prev.event.clone()] == *event.event {
+                    prev.event.clone()
+                } else {
+                    append(&mut self.text, event.event)
+                },
+                if self.text[prev.id.clone()] == *event.id {
+                    prev.id.clone()
+                } else {
+                    append(&mut self.text, event.id)
+                },
+            ),
+            None => (
+                append(&mut self.text, event.event),
+                append(&mut self.text, event.id),
+            ),
+        };
+        let data = append(&mut self.text, event.data);
+        self.spans.push(Span {
+            event: event_range,
+            id: id_range,
+            data,
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    pub fn stream(&self) -> &Arc<str> {
+        &self.stream
+    }
+
+    /// The `i`th record. Panics if there is none.
+    pub fn get(&self, i: usize) -> RecordRef<'_> {
+        let span = &self.spans[i];
+        RecordRef {
+            stream: &self.stream,
+            event: &self.text[span.event.clone()],
+            id: &self.text[span.id.clone()],
+            data: &self.text[span.data.clone()],
+            received_at: self.received_at,
+        }
+    }
+}
+
+fn append(text: &mut String, part: &str) -> Range<usize> {
+    let start = text.len();
+    text.push_str(part);
+    start..text.len()
+}
+
+/// One output record: an event as it leaves a stream for its sinks.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    pub stream: &'a str,
+    pub event: &'a str,
+    /// Empty when no id is in effect.
+    pub id: &'a str,
+    pub data: &'a str,
     pub received_at: SystemTime,
 }
 
-impl Record {
+impl<'a> RecordRef<'a> {
+    /// The id as the record shows it: `None` when no id is in effect.
+    pub fn id(&self) -> Option<&'a str> {
+        (!self.id.is_empty()).then_some(self.id)
+    }
+
     /// Appends the record in `encoding`, followed by `\n`.
     pub fn encode(&self, encoding: Encoding, out: &mut Vec<u8>) {
         match encoding {
             Encoding::Json | Encoding::Ndjson => self.write_json(out),
-            Encoding::Data => out.extend_from_slice(self.event.data.as_bytes()),
+            Encoding::Data => out.extend_from_slice(self.data.as_bytes()),
         }
         out.push(b'\n');
     }
@@ -38,35 +142,35 @@ impl Record {
     /// Appends the JSON object (without a line ending).
     pub fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"stream\":");
-        write_json_string(&self.stream, out);
+        write_json_string(self.stream, out);
         out.extend_from_slice(b",\"id\":");
-        match self.event.id() {
+        match self.id() {
             Some(id) => write_json_string(id, out),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"event\":");
-        write_json_string(&self.event.event, out);
+        write_json_string(self.event, out);
         out.extend_from_slice(b",\"data\":");
-        write_json_string(&self.event.data, out);
+        write_json_string(self.data, out);
         out.extend_from_slice(b",\"received_at\":\"");
         write_timestamp(self.received_at, out);
         out.extend_from_slice(b"\"}");
     }
 
-    /// The exact length of what [`Record::write_json`] appends, without
+    /// The exact length of what [`RecordRef::write_json`] appends, without
     /// encoding: batch size limits are checked before a batch is encoded.
     pub fn json_len(&self) -> usize {
         // The keys, quotes and punctuation around the values (see `write_json`).
         const FRAME: usize = r#"{"stream":,"id":,"event":,"data":,"received_at":""}"#.len();
         // RFC 3339 with microseconds in UTC: `2025-11-25T23:36:07.123456Z`.
         const TIMESTAMP: usize = 27;
-        let id = self.event.id().map_or(4, json_string_len);
+        let id = self.id().map_or(4, json_string_len);
         FRAME
             + TIMESTAMP
-            + json_string_len(&self.stream)
+            + json_string_len(self.stream)
             + id
-            + json_string_len(&self.event.event)
-            + json_string_len(&self.event.data)
+            + json_string_len(self.event)
+            + json_string_len(self.data)
     }
 }
 
@@ -288,17 +392,44 @@ mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
 
-    fn record(id: &str, data: &str) -> Record {
-        Record {
-            stream: Arc::from("wiki"),
-            event: Event {
-                event: Arc::from("edit"),
-                data: data.to_owned(),
-                id: Arc::from(id),
-                retry: None,
-            },
+    fn record<'a>(id: &'a str, data: &'a str) -> RecordRef<'a> {
+        RecordRef {
+            stream: "wiki",
+            event: "edit",
+            id,
+            data,
             received_at: UNIX_EPOCH + Duration::from_micros(1_764_113_767_123_456),
         }
+    }
+
+    #[test]
+    fn records_keep_each_event_and_share_repeated_parts() {
+        let at = UNIX_EPOCH + Duration::from_secs(1);
+        let mut records = Records::new(Arc::from("wiki"), at, 0);
+        let events = [
+            ("edit", "1", "a"),
+            ("edit", "1", "b"),
+            ("talk", "", ""),
+            ("edit", "2", "é\n"),
+        ];
+        for (event, id, data) in events {
+            records.push(&EventRef {
+                event,
+                id,
+                data,
+                retry: None,
+            });
+        }
+        assert_eq!(records.len(), 4);
+        for (i, (event, id, data)) in events.into_iter().enumerate() {
+            let r = records.get(i);
+            assert_eq!(
+                (r.stream, r.event, r.id, r.data, r.received_at),
+                ("wiki", event, id, data, at)
+            );
+        }
+        // "edit" and "1" were stored once for the first two records.
+        assert_eq!(records.text.len(), "edit1abtalkedit2é\n".len());
     }
 
     #[test]

@@ -374,7 +374,7 @@ impl Supervisor {
                 abort,
                 task: handle,
                 dropped,
-                budget: Budget::new(route::DEFAULT_QUEUE_BYTES),
+                budget: Budget::new(route::DEFAULT_QUEUE_BYTES, config.queue_size),
             },
         );
         Ok(())

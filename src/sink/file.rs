@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use super::{Batching, Delivery, Sink, Written};
 use crate::config::{Encoding, FsyncPolicy};
+use crate::record::RecordRef;
 
 /// The most record bytes (data and id) in one batch. Writes this large cost
 /// one syscall per ~half a MiB; larger buffers fall out of the CPU cache and
@@ -132,8 +133,8 @@ impl Sink for FileSink {
         }
     }
 
-    fn size(&self, delivery: &Delivery) -> usize {
-        record_bytes(delivery)
+    fn size(&self, record: &RecordRef<'_>) -> usize {
+        record_bytes(record)
     }
 
     fn reopen(&mut self) {
@@ -220,7 +221,7 @@ impl Files {
         let mut last_stream: Option<&str> = None;
         let mut current = 0;
         for delivery in batch {
-            let stream = &*delivery.record.stream;
+            let stream = delivery.stream();
             if last_stream != Some(stream) {
                 let path = self.path_for(stream);
                 current = match self.pending.iter().position(|p| p.path == path) {
@@ -236,9 +237,10 @@ impl Files {
                 };
                 last_stream = Some(stream);
             }
-            delivery
-                .record
-                .encode(self.encoding, &mut self.pending[current].bytes);
+            let out = &mut self.pending[current].bytes;
+            for record in delivery.records() {
+                record.encode(self.encoding, out);
+            }
         }
     }
 
@@ -256,8 +258,8 @@ impl Files {
 /// What a delivery counts against [`BATCH_BYTES`]: its data and id, which
 /// is close to its encoded size for text (exact sizes would cost a pass over
 /// the data).
-pub(super) fn record_bytes(delivery: &Delivery) -> usize {
-    delivery.record.event.data.len() + delivery.record.event.id.len()
+pub(super) fn record_bytes(record: &RecordRef<'_>) -> usize {
+    record.data.len() + record.id.len()
 }
 
 /// The open handle for `path`, opening (and repairing) it on first use.

@@ -32,24 +32,72 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ack::AckTracker;
 use crate::metrics::SinkMetrics;
-use crate::record::Record;
+use crate::record::{RecordRef, Records};
+use crate::route::{Held, Selection};
 
 pub use file::FileSink;
 pub use nats::NatsSink;
 pub use stdout::StdoutSink;
 pub use webhook::WebhookSink;
 
-/// One record on its way to one sink, with what the sink needs to acknowledge it.
+/// Records of one stream on their way to one sink (some or all of a chunk's),
+/// with what the sink needs to acknowledge them.
 #[derive(Debug)]
 pub struct Delivery {
-    pub record: Arc<Record>,
-    /// The event's sequence number within its stream.
-    pub seq: u64,
+    pub records: Arc<Records>,
+    /// Which of `records` this sink takes.
+    pub selection: Selection,
+    /// The sequence number of `records.get(0)`; record `i` has `first_seq + i`.
+    pub first_seq: u64,
     pub tracker: Arc<AckTracker>,
     /// This sink's slot in the stream's tracker.
     pub slot: usize,
-    /// The sink's queue budget bytes this delivery holds until dropped.
-    pub held: crate::route::Held,
+    /// The sink's queue budget this delivery holds until dropped.
+    pub held: Held,
+}
+
+impl Delivery {
+    /// How many records this delivery carries (never zero once queued).
+    pub fn len(&self) -> usize {
+        self.selection.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.selection.is_empty()
+    }
+
+    pub fn stream(&self) -> &str {
+        self.records.stream()
+    }
+
+    /// The records, in order.
+    pub fn records(&self) -> impl Iterator<Item = RecordRef<'_>> + '_ {
+        (0..self.selection.len()).map(|n| self.records.get(self.selection.index(n)))
+    }
+
+    /// The sequence number and the record of the last record; `None` if empty.
+    pub fn last(&self) -> Option<(u64, RecordRef<'_>)> {
+        let n = self.selection.len().checked_sub(1)?;
+        let index = self.selection.index(n);
+        Some((self.first_seq + index as u64, self.records.get(index)))
+    }
+
+    /// Keeps the first `at` records, returning a delivery of the rest with
+    /// their share of the held budget.
+    pub fn split_off(&mut self, at: usize) -> Delivery {
+        let selection = self.selection.split_off(at);
+        let mut rest = Delivery {
+            records: self.records.clone(),
+            selection,
+            first_seq: self.first_seq,
+            tracker: self.tracker.clone(),
+            slot: self.slot,
+            held: Held::default(),
+        };
+        let bytes = self.held.cost_of(rest.records());
+        rest.held = self.held.split_off(bytes);
+        rest
+    }
 }
 
 /// What a successful write means for acknowledgement.
@@ -91,8 +139,8 @@ pub trait Sink: Send + 'static {
         Batching::default()
     }
 
-    /// What `delivery` counts against [`Batching::max_bytes`].
-    fn size(&self, _delivery: &Delivery) -> usize {
+    /// What a record counts against [`Batching::max_bytes`].
+    fn size(&self, _record: &RecordRef<'_>) -> usize {
         0
     }
 
@@ -106,10 +154,11 @@ pub trait Sink: Send + 'static {
 /// When the runner closes a batch: at whichever limit is reached first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Batching {
+    /// The most records in a batch. A delivery that would take the batch over
+    /// a limit is split: the rest starts the next batch.
     pub max_events: usize,
-    /// The most [`Sink::size`] a batch adds up to. A delivery that would take
-    /// the batch over it starts the next batch; one larger than this on its own
-    /// is written alone.
+    /// The most [`Sink::size`] a batch adds up to. A record larger than this on
+    /// its own is written alone.
     pub max_bytes: usize,
     /// How long a batch's first delivery waits for more. Zero takes what is
     /// queued and never waits.
@@ -179,10 +228,14 @@ pub async fn run<S: Sink>(mut sink: S, task: SinkTask) {
                 }
             },
         };
-        batch.push(first);
-        if !fill(&sink, &mut queue, &mut batch, &mut carry, limits, &abort).await {
+        if !fill(
+            &sink, &mut queue, first, &mut batch, &mut carry, limits, &abort,
+        )
+        .await
+        {
             return;
         }
+        let events: usize = batch.iter().map(Delivery::len).sum();
         metrics.queue_depth.set(queue.len() as i64);
         if reopen.has_changed().unwrap_or(false) {
             reopen.mark_unchanged();
@@ -197,12 +250,12 @@ pub async fn run<S: Sink>(mut sink: S, task: SinkTask) {
             };
             match written {
                 Ok(Written::Durable) => {
-                    metrics.written.inc_by(batch.len() as u64);
+                    metrics.written.inc_by(events as u64);
                     acknowledge(&batch);
                     break;
                 }
                 Ok(Written::AwaitingSync) => {
-                    metrics.written.inc_by(batch.len() as u64);
+                    metrics.written.inc_by(events as u64);
                     awaiting_sync.add(&batch);
                     break;
                 }
@@ -230,24 +283,29 @@ pub async fn run<S: Sink>(mut sink: S, task: SinkTask) {
     }
 }
 
-/// Tops up `batch`, which holds its first delivery, to the sink's limits: takes
-/// what is queued and, if the sink asks for it, waits for more until
-/// `limits.timeout` after now. A delivery that would take the batch over
-/// `max_bytes` is left in `carry`. Returns false if `abort` fired.
+/// Forms a batch from `first` and what follows it, to the sink's limits:
+/// takes what is queued and, if the sink asks for it, waits for more until
+/// `limits.timeout` after now. The part of a delivery that would take the batch
+/// over a limit is left in `carry`. Returns false if `abort` fired.
 async fn fill<S: Sink>(
     sink: &S,
     queue: &mut mpsc::Receiver<Delivery>,
+    first: Delivery,
     batch: &mut Vec<Delivery>,
     carry: &mut Option<Delivery>,
     limits: Batching,
     abort: &CancellationToken,
 ) -> bool {
-    let mut bytes: usize = batch.iter().map(|d| sink.size(d)).sum();
+    let mut events = 0;
+    let mut bytes = 0;
+    if !admit(sink, first, batch, carry, limits, &mut events, &mut bytes) {
+        return true;
+    }
     // A configured timeout too large for the clock means: no deadline.
     let deadline = tokio::time::Instant::now()
         .checked_add(limits.timeout)
         .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400));
-    while batch.len() < limits.max_events {
+    while events < limits.max_events {
         let next = match queue.try_recv() {
             Ok(next) => next,
             Err(mpsc::error::TryRecvError::Empty) if !limits.timeout.is_zero() => {
@@ -263,15 +321,46 @@ async fn fill<S: Sink>(
             }
             Err(_) => break,
         };
-        let size = sink.size(&next);
-        if bytes.saturating_add(size) > limits.max_bytes {
-            *carry = Some(next);
+        if !admit(sink, next, batch, carry, limits, &mut events, &mut bytes) {
             break;
         }
-        bytes += size;
-        batch.push(next);
     }
     true
+}
+
+/// Adds what of `delivery` fits in the batch (at least one record if the batch
+/// is empty), leaving the rest in `carry`. Returns whether the batch has room
+/// for more.
+fn admit<S: Sink>(
+    sink: &S,
+    mut delivery: Delivery,
+    batch: &mut Vec<Delivery>,
+    carry: &mut Option<Delivery>,
+    limits: Batching,
+    events: &mut usize,
+    bytes: &mut usize,
+) -> bool {
+    // Off the queue: its slots are free for the streams to fill again while
+    // this batch is written.
+    delivery.held.leave_queue();
+    let mut taken = 0;
+    for record in delivery.records() {
+        let size = sink.size(&record);
+        let fits = *events < limits.max_events && bytes.saturating_add(size) <= limits.max_bytes;
+        if !fits && *events > 0 {
+            break;
+        }
+        *events += 1;
+        *bytes = bytes.saturating_add(size);
+        taken += 1;
+    }
+    if taken < delivery.len() {
+        *carry = Some(delivery.split_off(taken));
+    }
+    if taken > 0 {
+        batch.push(delivery);
+    }
+    carry.is_none()
 }
 
 async fn tick(timer: &mut Option<tokio::time::Interval>) {
@@ -296,10 +385,8 @@ fn acknowledge(batch: &[Delivery]) {
         let last_of_run = batch.get(i + 1).is_none_or(|next| {
             !Arc::ptr_eq(&next.tracker, &delivery.tracker) || next.slot != delivery.slot
         });
-        if last_of_run {
-            delivery
-                .tracker
-                .acknowledge(delivery.slot, delivery.seq, &delivery.record.event.id);
+        if let (true, Some((seq, record))) = (last_of_run, delivery.last()) {
+            delivery.tracker.acknowledge(delivery.slot, seq, record.id);
         }
     }
 }
@@ -315,19 +402,24 @@ struct PendingAcks {
 struct HeldAck {
     tracker: Arc<AckTracker>,
     seq: u64,
-    id: Arc<str>,
+    id: String,
 }
 
 impl PendingAcks {
     fn add(&mut self, batch: &[Delivery]) {
         for d in batch {
-            let key = (Arc::as_ptr(&d.tracker) as usize, d.slot);
-            let held = HeldAck {
-                tracker: d.tracker.clone(),
-                seq: d.seq,
-                id: d.record.event.id.clone(),
+            let Some((seq, record)) = d.last() else {
+                continue;
             };
-            self.newest.insert(key, held);
+            let key = (Arc::as_ptr(&d.tracker) as usize, d.slot);
+            let held = self.newest.entry(key).or_insert_with(|| HeldAck {
+                tracker: d.tracker.clone(),
+                seq,
+                id: String::new(),
+            });
+            held.seq = seq;
+            held.id.clear();
+            held.id.push_str(record.id);
         }
     }
 }

@@ -27,7 +27,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind};
@@ -36,6 +35,7 @@ use bytes::Bytes;
 
 use super::{Delivery, Sink, Written};
 use crate::config::NatsSinkConfig;
+use crate::record::RecordRef;
 use crate::stream::backoff::Backoff;
 
 /// Informational headers on every message, beside `Nats-Msg-Id`.
@@ -53,7 +53,7 @@ pub struct NatsSink {
     done: usize,
     /// Per stream: the id of its last published event and how many events
     /// after the first carried that same id.
-    repeats: HashMap<Arc<str>, (Arc<str>, u64)>,
+    repeats: HashMap<String, (String, u64)>,
     /// The message id computed for each delivery of the current batch, kept so
     /// a retry sends exactly the same ids.
     ids: Vec<Option<String>>,
@@ -119,18 +119,20 @@ impl NatsSink {
         Ok(context)
     }
 
-    /// The message id of `delivery`, numbering repeats of the same id.
-    fn message_id(&mut self, delivery: &Delivery) -> Option<String> {
-        let record = &delivery.record;
-        let id = record.event.id()?;
-        let entry = self
-            .repeats
-            .entry(record.stream.clone())
-            .or_insert_with(|| (Arc::from(""), 0));
-        if *entry.0 == *id {
+    /// The message id of `record`, numbering repeats of the same id.
+    fn message_id(&mut self, record: &RecordRef<'_>) -> Option<String> {
+        let id = record.id()?;
+        if !self.repeats.contains_key(record.stream) {
+            self.repeats
+                .insert(record.stream.to_owned(), (String::new(), 0));
+        }
+        let entry = self.repeats.get_mut(record.stream)?;
+        if entry.0 == id {
             entry.1 += 1;
         } else {
-            *entry = (record.event.id.clone(), 0);
+            entry.0.clear();
+            entry.0.push_str(id);
+            entry.1 = 0;
         }
         Some(match entry.1 {
             0 => format!("{}:{id}", record.stream),
@@ -138,8 +140,7 @@ impl NatsSink {
         })
     }
 
-    fn headers(&self, delivery: &Delivery, msg_id: Option<&str>) -> HeaderMap {
-        let record = &delivery.record;
+    fn headers(&self, record: &RecordRef<'_>, msg_id: Option<&str>) -> HeaderMap {
         let mut headers = HeaderMap::new();
         if let Some(msg_id) = msg_id {
             headers.insert("Nats-Msg-Id", msg_id);
@@ -147,41 +148,37 @@ impl NatsSink {
         if let Some(stream) = &self.config.stream {
             headers.insert("Nats-Expected-Stream", stream.as_str());
         }
-        headers.insert(STREAM_HEADER, &*record.stream);
-        headers.insert(EVENT_HEADER, &*record.event.event);
-        if let Some(id) = record.event.id() {
+        headers.insert(STREAM_HEADER, record.stream);
+        headers.insert(EVENT_HEADER, record.event);
+        if let Some(id) = record.id() {
             headers.insert(ID_HEADER, id);
         }
         headers
     }
 
-    /// Publishes `batch[self.done..]`, pipelined, advancing `self.done` as acks
-    /// arrive in order.
-    async fn publish(&mut self, batch: &[Delivery]) -> io::Result<()> {
+    /// Publishes `records[self.done..]`, pipelined, advancing `self.done` as
+    /// acks arrive in order.
+    async fn publish(&mut self, records: &[RecordRef<'_>]) -> io::Result<()> {
         let context = self.context().await?;
         let mut pending = VecDeque::with_capacity(self.config.max_in_flight);
         let mut json = Vec::with_capacity(512);
-        for index in self.done..batch.len() {
+        for index in self.done..records.len() {
             if pending.len() >= self.config.max_in_flight {
-                self.await_oldest(&mut pending, batch).await?;
+                self.await_oldest(&mut pending, records).await?;
             }
-            let delivery = &batch[index];
-            let subject = render_subject(
-                &self.config.subject,
-                &delivery.record.stream,
-                &delivery.record.event.event,
-            );
+            let record = &records[index];
+            let subject = render_subject(&self.config.subject, record.stream, record.event);
             json.clear();
-            delivery.record.write_json(&mut json);
-            let headers = self.headers(delivery, self.ids[index].as_deref());
+            record.write_json(&mut json);
+            let headers = self.headers(record, self.ids[index].as_deref());
             let ack = context
                 .publish_with_headers(subject, headers, Bytes::copy_from_slice(&json))
                 .await
-                .map_err(|e| self.publish_error(e, delivery))?;
+                .map_err(|e| self.publish_error(e, record))?;
             pending.push_back(ack);
         }
         while !pending.is_empty() {
-            self.await_oldest(&mut pending, batch).await?;
+            self.await_oldest(&mut pending, records).await?;
         }
         Ok(())
     }
@@ -189,7 +186,7 @@ impl NatsSink {
     async fn await_oldest(
         &mut self,
         pending: &mut VecDeque<jetstream::context::PublishAckFuture>,
-        batch: &[Delivery],
+        records: &[RecordRef<'_>],
     ) -> io::Result<()> {
         let Some(ack) = pending.pop_front() else {
             return Ok(());
@@ -200,20 +197,16 @@ impl NatsSink {
                 self.done += 1;
                 Ok(())
             }
-            Err(e) => Err(self.publish_error(e, &batch[self.done])),
+            Err(e) => Err(self.publish_error(e, &records[self.done])),
         }
     }
 
     fn publish_error(
         &mut self,
         error: async_nats::jetstream::context::PublishError,
-        delivery: &Delivery,
+        record: &RecordRef<'_>,
     ) -> io::Error {
-        let subject = render_subject(
-            &self.config.subject,
-            &delivery.record.stream,
-            &delivery.record.event.event,
-        );
+        let subject = render_subject(&self.config.subject, record.stream, record.event);
         let hint = match error.kind() {
             PublishErrorKind::StreamNotFound => match &self.config.stream {
                 Some(stream) => format!(
@@ -231,20 +224,21 @@ impl NatsSink {
         };
         io::Error::other(format!(
             "publish to `{subject}` (stream {} id {}) failed: {error}{hint}",
-            delivery.record.stream,
-            delivery.record.event.id().unwrap_or("(none)")
+            record.stream,
+            record.id().unwrap_or("(none)")
         ))
     }
 }
 
 impl Sink for NatsSink {
     async fn write(&mut self, batch: &mut Vec<Delivery>) -> io::Result<Written> {
-        if self.ids.len() != batch.len() {
+        let records: Vec<RecordRef<'_>> = batch.iter().flat_map(Delivery::records).collect();
+        if self.ids.len() != records.len() {
             // First attempt at this batch: number the message ids once.
-            self.ids = batch.iter().map(|d| self.message_id(d)).collect();
+            self.ids = records.iter().map(|r| self.message_id(r)).collect();
             self.done = 0;
         }
-        let result = self.publish(batch).await;
+        let result = self.publish(&records).await;
         if result.is_ok() {
             self.done = 0;
             self.ids.clear();

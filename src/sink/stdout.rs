@@ -16,6 +16,7 @@ use std::os::fd::AsFd;
 
 use super::{Batching, Delivery, Sink, Written};
 use crate::config::Encoding;
+use crate::record::RecordRef;
 use crate::supervisor::Shutdown;
 
 pub struct StdoutSink {
@@ -47,8 +48,8 @@ impl Sink for StdoutSink {
         };
         let (mut buffer, written) = self.pending.take().unwrap_or_default();
         if buffer.is_empty() {
-            for delivery in batch.iter() {
-                delivery.record.encode(self.encoding, &mut buffer);
+            for record in batch.iter().flat_map(Delivery::records) {
+                record.encode(self.encoding, &mut buffer);
             }
         }
         let (out, buffer, written, result) = tokio::task::spawn_blocking(move || {
@@ -103,7 +104,7 @@ impl Sink for StdoutSink {
         }
     }
 
-    fn size(&self, delivery: &Delivery) -> usize {
-        super::file::record_bytes(delivery)
+    fn size(&self, record: &RecordRef<'_>) -> usize {
+        super::file::record_bytes(record)
     }
 }

@@ -36,7 +36,7 @@ use sha2::Sha256;
 
 use super::{Batching, Delivery, Sink, Written};
 use crate::config::{Compression, Encoding, WebhookConfig};
-use crate::record::write_json_string;
+use crate::record::{write_json_string, RecordRef};
 use crate::stream::backoff::Backoff;
 use crate::stream::http::{redact_url, retry_after, with_tls};
 
@@ -120,23 +120,24 @@ impl WebhookSink {
 
     /// The request body for `batch`, compressed if configured.
     async fn encode(&self, batch: &[Delivery]) -> io::Result<Bytes> {
-        let size: usize = batch.iter().map(|d| self.size(d)).sum();
+        let records = || batch.iter().flat_map(Delivery::records);
+        let size: usize = records().map(|r| self.size(&r)).sum();
         let mut body = Vec::with_capacity(size + 1);
         match self.encoding {
             Encoding::Ndjson => {
-                for d in batch {
-                    d.record.write_json(&mut body);
+                for record in records() {
+                    record.write_json(&mut body);
                     body.push(b'\n');
                 }
             }
             // Config validation admits only json and ndjson for webhooks.
             Encoding::Json | Encoding::Data => {
                 body.push(b'[');
-                for (i, d) in batch.iter().enumerate() {
+                for (i, record) in records().enumerate() {
                     if i > 0 {
                         body.push(b',');
                     }
-                    d.record.write_json(&mut body);
+                    record.write_json(&mut body);
                 }
                 body.push(b']');
             }
@@ -235,7 +236,7 @@ impl WebhookSink {
     ) -> io::Result<()> {
         let rejected_at = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
         let mut lines = Vec::new();
-        for d in batch {
+        for record in batch.iter().flat_map(Delivery::records) {
             lines.extend_from_slice(b"{\"sink\":");
             write_json_string(&self.name, &mut lines);
             lines.extend_from_slice(
@@ -245,7 +246,7 @@ impl WebhookSink {
             lines.extend_from_slice(b",\"rejected_at\":");
             write_json_string(&rejected_at, &mut lines);
             lines.extend_from_slice(b",\"record\":");
-            d.record.write_json(&mut lines);
+            record.write_json(&mut lines);
             lines.extend_from_slice(b"}\n");
         }
         let name = self.name.clone();
@@ -339,8 +340,8 @@ impl Sink for WebhookSink {
 
     /// A record and its separator (`,`, `]` or a newline): the uncompressed body
     /// is the sum of these, plus `[` for a JSON array.
-    fn size(&self, delivery: &Delivery) -> usize {
-        delivery.record.json_len() + 1
+    fn size(&self, record: &RecordRef<'_>) -> usize {
+        record.json_len() + 1
     }
 
     fn retry_delay(&mut self, _failures: u32) -> Duration {
@@ -442,18 +443,20 @@ fn describe(error: reqwest::Error, timeout: Duration) -> String {
 
 /// "3 events (stream wiki ids 17..19)" for the error log.
 fn describe_batch(batch: &[Delivery]) -> String {
-    let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+    let mut records = batch.iter().flat_map(Delivery::records);
+    let Some(first) = records.next() else {
         return "an empty batch".to_owned();
     };
-    let id = |d: &Delivery| d.record.event.id().unwrap_or("(none)").to_owned();
-    let events = if batch.len() == 1 { "event" } else { "events" };
+    let count: usize = batch.iter().map(Delivery::len).sum();
+    let last = records.last().unwrap_or(first);
+    let id = |r: &RecordRef<'_>| r.id().unwrap_or("(none)").to_owned();
+    let events = if count == 1 { "event" } else { "events" };
     format!(
-        "a batch of {} {events} (first: stream {} id {}; last: stream {} id {})",
-        batch.len(),
-        first.record.stream,
-        id(first),
-        last.record.stream,
-        id(last)
+        "a batch of {count} {events} (first: stream {} id {}; last: stream {} id {})",
+        first.stream,
+        id(&first),
+        last.stream,
+        id(&last)
     )
 }
 

@@ -24,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::StreamConfig;
 use crate::metrics::{unix_now, Connection, StreamMetrics};
+use crate::record::Records;
 use crate::route::Router;
-use crate::sse::{Event, Parser};
+use crate::sse::Parser;
 use backoff::Backoff;
 
 /// Why a stream task ended.
@@ -252,7 +253,6 @@ impl Stream {
         self.parser.start_connection();
         let events_before = self.parser.stats().events;
         let mut oversized_before = self.parser.stats().oversized_events;
-        let mut events: Vec<Event> = Vec::new();
         let (kind, reason) = loop {
             let chunk = tokio::select! {
                 _ = shutdown.cancelled() => return Attempt::Shutdown,
@@ -273,8 +273,20 @@ impl Stream {
                 Ok(Ok(Some(chunk))) => chunk,
             };
             self.metrics.bytes.inc_by(chunk.len() as u64);
-            let received_at = SystemTime::now();
-            self.parser.feed(&chunk, &mut |event| events.push(event));
+            // Events are copied out of the chunk once, into records that travel
+            // to the sinks together; nothing is allocated for a chunk without one.
+            let mut records: Option<Records> = None;
+            let stream = self.router.stream();
+            self.parser.feed_ref(&chunk, &mut |event| {
+                records
+                    .get_or_insert_with(|| {
+                        // Room for the rest of the chunk and this event, which
+                        // may have begun in earlier chunks: no regrowth.
+                        let room = chunk.len() + event.data.len();
+                        Records::new(stream.clone(), SystemTime::now(), room)
+                    })
+                    .push(&event);
+            });
             let oversized = self.parser.stats().oversized_events;
             if oversized > oversized_before {
                 tracing::warn!(
@@ -287,16 +299,14 @@ impl Stream {
                 self.metrics.oversized.inc_by(oversized - oversized_before);
                 oversized_before = oversized;
             }
-            if !events.is_empty() {
-                self.metrics.events.inc_by(events.len() as u64);
+            if let Some(records) = records {
+                self.metrics.events.inc_by(records.len() as u64);
                 self.metrics.last_event.set(unix_now());
-            }
-            if !events.is_empty() {
                 tokio::select! {
                     // Stop even while a full sink queue holds us: what was not
                     // queued is not acknowledged, so the checkpoint stays before it.
                     _ = shutdown.cancelled() => return Attempt::Shutdown,
-                    routed = self.router.route_all(&mut events, received_at) => {
+                    routed = self.router.route(records) => {
                         if routed.is_err() {
                             return Attempt::Shutdown;
                         }
