@@ -28,6 +28,12 @@ pub use error::ConfigError;
 
 use crate::sse::Limits;
 
+/// Default `queue_size`: events queued per sink. Large enough that it is the
+/// sink's byte budget (2 MiB) that bounds a queue of small events, so reading
+/// and writing overlap in big batches; 1,024 held a stream of 70-byte events
+/// to short batches and many hand-offs.
+pub const DEFAULT_QUEUE_SIZE: usize = 16_384;
+
 /// Where `run` and `check` look for the configuration by default.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/sse-relay/sse-relay.toml";
 
@@ -158,6 +164,7 @@ pub struct SinkConfig {
     pub inputs: Option<Vec<String>>,
     /// Only events of these types reach the sink; `None` means every type.
     pub event_types: Option<Vec<String>>,
+    /// The most events queued for the sink (its byte budget bounds memory too).
     pub queue_size: usize,
     pub when_full: WhenFull,
     pub encoding: Encoding,
@@ -886,7 +893,10 @@ impl Validator<'_> {
                 .with_key("inputs")
                 .with_help("list the streams it takes, or \"*\" for all of them"));
         }
-        let queue_size = raw.queue_size.as_ref().map_or(1024, |q| *q.get_ref());
+        let queue_size = raw
+            .queue_size
+            .as_ref()
+            .map_or(DEFAULT_QUEUE_SIZE, |q| *q.get_ref());
         if queue_size == 0 {
             let q_span = raw.queue_size.as_ref().map_or(span.clone(), |q| q.span());
             return Err(self

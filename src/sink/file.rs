@@ -127,8 +127,10 @@ impl Sink for FileSink {
     }
 
     fn batching(&self) -> Batching {
+        // Bounded by bytes alone: a batch of small events may hold thousands.
         Batching {
             max_bytes: BATCH_BYTES,
+            max_events: usize::MAX,
             ..Batching::default()
         }
     }

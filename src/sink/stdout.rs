@@ -100,6 +100,7 @@ impl Sink for StdoutSink {
     fn batching(&self) -> Batching {
         Batching {
             max_bytes: super::file::BATCH_BYTES,
+            max_events: usize::MAX,
             ..Batching::default()
         }
     }
