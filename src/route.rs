@@ -18,7 +18,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Semaphore, SemaphorePermit};
 
 use crate::ack::AckTracker;
 use crate::config::WhenFull;
@@ -102,6 +102,22 @@ pub struct Held {
 }
 
 impl Held {
+    /// What a delivery holds once these permits of `budget` are acquired.
+    fn from_permits(
+        budget: &Arc<Budget>,
+        bytes: SemaphorePermit<'_>,
+        slots: SemaphorePermit<'_>,
+    ) -> Held {
+        let held = Held {
+            budget: Some(budget.clone()),
+            bytes: bytes.num_permits() as u32,
+            slots: slots.num_permits() as u32,
+        };
+        bytes.forget();
+        slots.forget();
+        held
+    }
+
     /// The delivery is off the queue: its slots are free for the next ones.
     pub fn leave_queue(&mut self) {
         if let Some(budget) = &self.budget {
@@ -332,13 +348,7 @@ async fn send_waiting(route: &Route, mut delivery: Delivery) -> Result<(), Sinks
             .map_err(|_| SinksClosed)?;
         // No await between the acquisitions and this: if the future is
         // dropped, the delivery gives the budget back.
-        bytes_permit.forget();
-        slots_permit.forget();
-        delivery.held = Held {
-            budget: Some(budget.clone()),
-            bytes,
-            slots: count as u32,
-        };
+        delivery.held = Held::from_permits(budget, bytes_permit, slots_permit);
         let permit = route.queue.reserve().await.map_err(|_| SinksClosed)?;
         permit.send(delivery);
         match rest {
@@ -368,13 +378,7 @@ fn send_or_drop(route: &Route, mut delivery: Delivery) -> Result<usize, SinksClo
         // Another stream took the room meanwhile.
         return Ok(total);
     };
-    bytes_permit.forget();
-    slots_permit.forget();
-    delivery.held = Held {
-        budget: Some(budget.clone()),
-        bytes,
-        slots: count as u32,
-    };
+    delivery.held = Held::from_permits(budget, bytes_permit, slots_permit);
     match route.queue.try_send(delivery) {
         Ok(()) => Ok(total - count),
         Err(mpsc::error::TrySendError::Full(_)) => Ok(total),
