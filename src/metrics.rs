@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -23,15 +23,28 @@ use prometheus_client::registry::Registry;
 /// A gauge holding seconds (or a Unix timestamp) as a float.
 pub type SecondsGauge = Gauge<f64, AtomicU64>;
 
+/// A stream's name as a label value. Every series of a stream shares one
+/// allocation of it, where a `String` per series cost about 150 bytes a
+/// stream (1.5 MiB at 10,000 streams) in copies of the same name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct StreamName(pub Arc<str>);
+
+impl EncodeLabelValue for StreamName {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&&*self.0, encoder)
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StreamLabel {
-    pub stream: String,
+    pub stream: StreamName,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconnectLabels {
-    pub stream: String,
-    pub reason: String,
+    pub stream: StreamName,
+    /// A fixed word (`closed`, `idle_timeout`, ...).
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -214,7 +227,7 @@ impl Metrics {
     /// The handles one stream updates.
     pub fn stream(self: &Arc<Self>, name: &str) -> StreamMetrics {
         let label = StreamLabel {
-            stream: name.to_owned(),
+            stream: StreamName(Arc::from(name)),
         };
         let state = Arc::new(AtomicU8::new(Connection::Connecting as u8));
         let last_event = self.stream_last_event.get_or_create_owned(&label);
@@ -241,7 +254,7 @@ impl Metrics {
             http_status: self.stream_http_status.get_or_create_owned(&label),
             checkpoint_saved,
             state,
-            name: name.to_owned(),
+            name: label.stream,
             metrics: self.clone(),
         }
     }
@@ -249,7 +262,7 @@ impl Metrics {
     /// Forgets a stream that was removed from the configuration.
     pub fn remove_stream(&self, name: &str) {
         let label = StreamLabel {
-            stream: name.to_owned(),
+            stream: StreamName(Arc::from(name)),
         };
         for family in [
             &self.stream_events,
@@ -404,7 +417,7 @@ pub struct StreamMetrics {
     pub http_status: Gauge,
     pub checkpoint_saved: SecondsGauge,
     state: Arc<AtomicU8>,
-    name: String,
+    name: StreamName,
     metrics: Arc<Metrics>,
 }
 
@@ -416,12 +429,12 @@ impl StreamMetrics {
     }
 
     /// An attempt ended for `reason` (a short, fixed word such as `closed`).
-    pub fn reconnect(&self, reason: &str) {
+    pub fn reconnect(&self, reason: &'static str) {
         self.metrics
             .stream_reconnects
             .get_or_create(&ReconnectLabels {
                 stream: self.name.clone(),
-                reason: reason.to_owned(),
+                reason,
             })
             .inc();
     }

@@ -26,6 +26,7 @@
 //! start, release (stop, wait for acknowledgements, save the checkpoint) or
 //! forget (lease lost: the coordinator already cancelled it).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -155,7 +156,7 @@ pub async fn run_with_reload(
     let (ended_tx, ended_rx) = mpsc::unbounded_channel();
     let (reopen, _) = watch::channel(0u64);
     let mut supervisor = Supervisor {
-        config: config.clone(),
+        config: Cow::Borrowed(config),
         store,
         metrics,
         shutdown,
@@ -195,7 +196,8 @@ struct RunningSink {
 }
 
 struct RunningStream {
-    config: StreamConfig,
+    /// Shared with the stream's task.
+    config: Arc<StreamConfig>,
     /// The sinks it is routed to, by name.
     routes: Vec<String>,
     stop: CancellationToken,
@@ -204,8 +206,10 @@ struct RunningStream {
     generation: u64,
 }
 
-struct Supervisor {
-    config: Config,
+struct Supervisor<'c> {
+    /// The caller's configuration until a reload replaces it: not a copy of
+    /// it (with 10,000 streams a copy is several MiB).
+    config: Cow<'c, Config>,
     store: Option<CheckpointBackend>,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
@@ -221,7 +225,7 @@ struct Supervisor {
     cluster: Option<Cluster>,
 }
 
-impl Supervisor {
+impl Supervisor<'_> {
     async fn start(&mut self) -> Result<(), RunError> {
         let mut resume = BTreeMap::new();
         for (name, stream) in &self.config.streams {
@@ -420,6 +424,7 @@ impl Supervisor {
         let router = Router::new(Arc::from(name.as_str()), routes, tracker.clone());
         let metrics = self.metrics.stream(&name);
         let saved_at = metrics.checkpoint_saved.clone();
+        let config = Arc::new(config);
         let stream =
             Stream::new(config.clone(), router, resume_from, metrics).map_err(|problem| {
                 RunError::Stream {
@@ -448,6 +453,8 @@ impl Supervisor {
         let ended = self.ended_tx.clone();
         let task_stop = stop.clone();
         let task_name = name.clone();
+        // Boxed before the task captures it, so the task holds a pointer.
+        let stream = Box::new(stream);
         let task = tokio::spawn(async move {
             use futures_util::FutureExt;
             // A bug must not silently end a stream: the supervisor restarts it.
@@ -488,7 +495,7 @@ impl Supervisor {
         wait_acknowledged(&running.tracker, self.config.shutdown_timeout).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let from = running.tracker.checkpoint().to_string();
-        if let Err(e) = self.start_stream(running.config, &from) {
+        if let Err(e) = self.start_stream(Arc::unwrap_or_clone(running.config), &from) {
             tracing::error!("{e}; stream not restarted");
         }
     }
@@ -522,10 +529,10 @@ impl Supervisor {
             .filter(|(name, running)| new.sinks.get(*name) != Some(&running.config))
             .map(|(name, _)| name.clone())
             .collect();
-        self.config = new;
+        self.config = Cow::Owned(new);
         let mut to_stop = Vec::new();
         for (name, running) in &self.streams {
-            let unchanged = self.config.streams.get(name) == Some(&running.config)
+            let unchanged = self.config.streams.get(name) == Some(&*running.config)
                 && self.routes_of(name) == running.routes
                 && !running
                     .routes
@@ -641,7 +648,7 @@ impl Supervisor {
     }
 }
 
-impl Supervisor {
+impl Supervisor<'_> {
     /// Carries out what the cluster coordinator asks.
     async fn cluster_command(&mut self, command: Command) {
         match command {

@@ -17,8 +17,10 @@
 pub mod backoff;
 pub mod http;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures_util::StreamExt;
 use reqwest::{Client, StatusCode};
 use tokio_util::sync::CancellationToken;
 
@@ -55,8 +57,12 @@ enum Attempt {
     },
 }
 
+/// One stream's state, kept small: at 10,000 idle streams every byte here
+/// counts 10,000 times. The configuration is shared with the supervisor (it
+/// compares it on reload), and the task holds the stream boxed (see
+/// [`Stream::run`]).
 pub struct Stream {
-    config: StreamConfig,
+    config: Arc<StreamConfig>,
     client: Client,
     parser: Parser,
     router: Router,
@@ -69,7 +75,7 @@ impl Stream {
     /// Prepares a stream that resumes after `last_event_id` (empty: from the
     /// server's default starting point).
     pub fn new(
-        config: StreamConfig,
+        config: Arc<StreamConfig>,
         router: Router,
         last_event_id: &str,
         metrics: StreamMetrics,
@@ -96,11 +102,22 @@ impl Stream {
     }
 
     /// Runs until the server says 204 or `shutdown` fires.
-    pub async fn run(mut self, shutdown: CancellationToken) -> StreamEnd {
+    ///
+    /// Takes the stream boxed: an `async fn` keeps its arguments in its future
+    /// as well as the locals they move into, so a stream passed by value would
+    /// sit in the task twice (about 1 KiB each).
+    pub async fn run(mut self: Box<Self>, shutdown: CancellationToken) -> StreamEnd {
         // Attempts in a row answered with a status in `give_up_statuses`.
         let mut refusals = 0u32;
         loop {
-            let attempt = self.attempt(&shutdown).await;
+            let attempt = match self.connect(&shutdown).await {
+                // The body alone: the response head (its headers are slices
+                // of hyper's first read buffer, 8 KiB) would otherwise keep
+                // that buffer alive for the whole connection, next to the one
+                // the body is read into.
+                Ok(response) => self.read_body(response.bytes_stream(), &shutdown).await,
+                Err(attempt) => attempt,
+            };
             let (reason, retry_after, delivered_events) = match attempt {
                 Attempt::Shutdown => return StreamEnd::Shutdown,
                 Attempt::NoContent => {
@@ -166,7 +183,14 @@ impl Stream {
         }
     }
 
-    async fn attempt(&mut self, shutdown: &CancellationToken) -> Attempt {
+    /// Sends the request and checks the answer: a 200 event stream to read,
+    /// or how the attempt ended. Kept apart from [`Stream::read_body`] (the
+    /// caller awaits one, then the other) so that the idle stream's future
+    /// holds the reading state only, not this one's as well.
+    async fn connect(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<reqwest::Response, Attempt> {
         let request = self
             .client
             .get(self.config.url.clone())
@@ -181,29 +205,29 @@ impl Stream {
             .connect_timeout
             .saturating_add(self.config.idle_timeout);
         let response = tokio::select! {
-            _ = shutdown.cancelled() => return Attempt::Shutdown,
+            _ = shutdown.cancelled() => return Err(Attempt::Shutdown),
             response = tokio::time::timeout(patience, request.send()) => response,
         };
         let response = match response {
             Err(_) => {
-                return retry(
+                return Err(retry(
                     "timeout",
                     format!(
                         "no response within {}",
                         humantime::format_duration(patience)
                     ),
-                )
+                ))
             }
             Ok(Err(e)) => {
                 let (kind, reason) = describe_error(&e);
-                return retry(kind, reason);
+                return Err(retry(kind, reason));
             }
             Ok(Ok(response)) => response,
         };
         let status = response.status();
         self.metrics.http_status.set(i64::from(status.as_u16()));
         if status == StatusCode::NO_CONTENT {
-            return Attempt::NoContent;
+            return Err(Attempt::NoContent);
         }
         if status != StatusCode::OK {
             let retry_after = match status {
@@ -212,20 +236,20 @@ impl Stream {
                 }
                 _ => None,
             };
-            return Attempt::Retry {
+            return Err(Attempt::Retry {
                 kind: "http_status",
                 status: Some(status.as_u16()),
                 reason: format!("HTTP {status}"),
                 retry_after,
                 delivered_events: false,
-            };
+            });
         }
         if !http::is_event_stream(response.headers()) {
             let content_type = response
                 .headers()
                 .get(reqwest::header::CONTENT_TYPE)
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-            return retry(
+            return Err(retry(
                 "content_type",
                 match content_type {
                     Some(ct) => format!("wrong Content-Type {ct:?} (expected text/event-stream)"),
@@ -233,7 +257,7 @@ impl Stream {
                         "a response without Content-Type (expected text/event-stream)".to_owned()
                     }
                 },
-            );
+            ));
         }
         self.metrics.set_connection(Connection::Connected);
         tracing::info!(
@@ -241,22 +265,23 @@ impl Stream {
             self.config.name,
             self.url_for_logs
         );
-        self.read_body(response, shutdown).await
+        Ok(response)
     }
 
     /// Reads a 200 body until it ends, fails or falls silent.
     async fn read_body(
         &mut self,
-        mut response: reqwest::Response,
+        body: impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>>,
         shutdown: &CancellationToken,
     ) -> Attempt {
+        let mut body = std::pin::pin!(body);
         self.parser.start_connection();
         let events_before = self.parser.stats().events;
         let mut oversized_before = self.parser.stats().oversized_events;
         let (kind, reason) = loop {
             let chunk = tokio::select! {
                 _ = shutdown.cancelled() => return Attempt::Shutdown,
-                chunk = tokio::time::timeout(self.config.idle_timeout, response.chunk()) => chunk,
+                chunk = tokio::time::timeout(self.config.idle_timeout, body.next()) => chunk,
             };
             let chunk = match chunk {
                 Err(_) => {
@@ -268,9 +293,9 @@ impl Stream {
                         ),
                     )
                 }
-                Ok(Err(e)) => break describe_error(&e),
-                Ok(Ok(None)) => break ("closed", "the server closed the connection".to_owned()),
-                Ok(Ok(Some(chunk))) => chunk,
+                Ok(Some(Err(e))) => break describe_error(&e),
+                Ok(None) => break ("closed", "the server closed the connection".to_owned()),
+                Ok(Some(Ok(chunk))) => chunk,
             };
             self.metrics.bytes.inc_by(chunk.len() as u64);
             // Events are copied out of the chunk once, into records that travel
@@ -306,7 +331,9 @@ impl Stream {
                     // Stop even while a full sink queue holds us: what was not
                     // queued is not acknowledged, so the checkpoint stays before it.
                     _ = shutdown.cancelled() => return Attempt::Shutdown,
-                    routed = self.router.route(records) => {
+                    // Boxed: routing is the largest future here, and only
+                    // lives while a chunk is routed, not while the stream idles.
+                    routed = Box::pin(self.router.route(records)) => {
                         if routed.is_err() {
                             return Attempt::Shutdown;
                         }
