@@ -16,11 +16,13 @@
 
 pub mod backoff;
 pub mod http;
+mod wire;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
+use reqwest::header::HeaderMap;
 use reqwest::{Client, StatusCode};
 use tokio_util::sync::CancellationToken;
 
@@ -64,6 +66,8 @@ enum Attempt {
 pub struct Stream {
     config: Arc<StreamConfig>,
     client: Client,
+    /// Read through the lean client ([`wire`]) rather than reqwest.
+    lean: bool,
     parser: Parser,
     router: Router,
     backoff: Backoff,
@@ -92,6 +96,7 @@ impl Stream {
         }
         Ok(Stream {
             url_for_logs: http::redact_url(&config.url),
+            lean: wire::eligible(&config.url, config.http2),
             config,
             client,
             parser,
@@ -111,11 +116,7 @@ impl Stream {
         let mut refusals = 0u32;
         loop {
             let attempt = match self.connect(&shutdown).await {
-                // The body alone: the response head (its headers are slices
-                // of hyper's first read buffer, 8 KiB) would otherwise keep
-                // that buffer alive for the whole connection, next to the one
-                // the body is read into.
-                Ok(response) => self.read_body(response.bytes_stream(), &shutdown).await,
+                Ok(body) => self.read_body(body, &shutdown).await,
                 Err(attempt) => attempt,
             };
             let (reason, retry_after, delivered_events) = match attempt {
@@ -187,44 +188,76 @@ impl Stream {
     /// or how the attempt ended. Kept apart from [`Stream::read_body`] (the
     /// caller awaits one, then the other) so that the idle stream's future
     /// holds the reading state only, not this one's as well.
-    async fn connect(
-        &mut self,
-        shutdown: &CancellationToken,
-    ) -> Result<reqwest::Response, Attempt> {
-        let request = self
-            .client
-            .get(self.config.url.clone())
-            .headers(http::request_headers(
-                &self.config,
-                self.parser.last_event_id(),
-            ));
+    async fn connect(&mut self, shutdown: &CancellationToken) -> Result<Body, Attempt> {
+        let headers = http::request_headers(&self.config, self.parser.last_event_id());
         // Waiting for the response counts as silence too: a server that accepts
         // and never answers is as dead as one that stops sending.
         let patience = self
             .config
             .connect_timeout
             .saturating_add(self.config.idle_timeout);
+        let no_response = || {
+            retry(
+                "timeout",
+                format!(
+                    "no response within {}",
+                    humantime::format_duration(patience)
+                ),
+            )
+        };
+        if self.lean {
+            let opened = tokio::select! {
+                _ = shutdown.cancelled() => return Err(Attempt::Shutdown),
+                opened = tokio::time::timeout(
+                    patience,
+                    wire::open(
+                        &self.config.url,
+                        &headers,
+                        self.config.connect_timeout,
+                        self.config.max_redirects,
+                    ),
+                ) => opened,
+            };
+            match opened {
+                Err(_) => return Err(no_response()),
+                Ok(Err(e)) => {
+                    let (kind, reason) = e.describe();
+                    return Err(retry(kind, reason));
+                }
+                Ok(Ok(wire::Opened::Response {
+                    status,
+                    headers,
+                    body,
+                })) => {
+                    self.check_answer(status, &headers)?;
+                    return Ok(Body::Lean(body));
+                }
+                // reqwest follows it, by the configured redirect policy.
+                Ok(Ok(wire::Opened::Redirect)) => {}
+            }
+        }
+        let request = self.client.get(self.config.url.clone()).headers(headers);
         let response = tokio::select! {
             _ = shutdown.cancelled() => return Err(Attempt::Shutdown),
             response = tokio::time::timeout(patience, request.send()) => response,
         };
         let response = match response {
-            Err(_) => {
-                return Err(retry(
-                    "timeout",
-                    format!(
-                        "no response within {}",
-                        humantime::format_duration(patience)
-                    ),
-                ))
-            }
+            Err(_) => return Err(no_response()),
             Ok(Err(e)) => {
                 let (kind, reason) = describe_error(&e);
                 return Err(retry(kind, reason));
             }
             Ok(Ok(response)) => response,
         };
-        let status = response.status();
+        self.check_answer(response.status(), response.headers())?;
+        // The body alone: the response head (its headers are slices of hyper's
+        // first read buffer, 8 KiB) would otherwise keep that buffer alive for
+        // the whole connection, next to the one the body is read into.
+        Ok(Body::Reqwest(Box::pin(response.bytes_stream())))
+    }
+
+    /// Whether an answer is a 200 event stream; if not, how the attempt ends.
+    fn check_answer(&mut self, status: StatusCode, headers: &HeaderMap) -> Result<(), Attempt> {
         self.metrics.http_status.set(i64::from(status.as_u16()));
         if status == StatusCode::NO_CONTENT {
             return Err(Attempt::NoContent);
@@ -232,7 +265,7 @@ impl Stream {
         if status != StatusCode::OK {
             let retry_after = match status {
                 StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
-                    http::retry_after(response.headers())
+                    http::retry_after(headers)
                 }
                 _ => None,
             };
@@ -244,9 +277,8 @@ impl Stream {
                 delivered_events: false,
             });
         }
-        if !http::is_event_stream(response.headers()) {
-            let content_type = response
-                .headers()
+        if !http::is_event_stream(headers) {
+            let content_type = headers
                 .get(reqwest::header::CONTENT_TYPE)
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
             return Err(retry(
@@ -265,53 +297,40 @@ impl Stream {
             self.config.name,
             self.url_for_logs
         );
-        Ok(response)
+        Ok(())
     }
 
     /// Reads a 200 body until it ends, fails or falls silent.
-    async fn read_body(
-        &mut self,
-        body: impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>>,
-        shutdown: &CancellationToken,
-    ) -> Attempt {
-        let mut body = std::pin::pin!(body);
+    async fn read_body(&mut self, mut body: Body, shutdown: &CancellationToken) -> Attempt {
         self.parser.start_connection();
         let events_before = self.parser.stats().events;
         let mut oversized_before = self.parser.stats().oversized_events;
         let (kind, reason) = loop {
-            let chunk = tokio::select! {
-                _ = shutdown.cancelled() => return Attempt::Shutdown,
-                chunk = tokio::time::timeout(self.config.idle_timeout, body.next()) => chunk,
-            };
-            let chunk = match chunk {
-                Err(_) => {
-                    break (
-                        "idle_timeout",
-                        format!(
-                            "no data for {} (idle_timeout)",
-                            humantime::format_duration(self.config.idle_timeout)
-                        ),
-                    )
-                }
-                Ok(Some(Err(e))) => break describe_error(&e),
-                Ok(None) => break ("closed", "the server closed the connection".to_owned()),
-                Ok(Some(Ok(chunk))) => chunk,
-            };
-            self.metrics.bytes.inc_by(chunk.len() as u64);
-            // Events are copied out of the chunk once, into records that travel
-            // to the sinks together; nothing is allocated for a chunk without one.
+            // Events are copied out of what arrived once, into records that
+            // travel to the sinks together; nothing is allocated for bytes
+            // without an event.
             let mut records: Option<Records> = None;
+            let mut body_bytes = 0;
             let stream = self.router.stream();
-            self.parser.feed_ref(&chunk, &mut |event| {
-                records
-                    .get_or_insert_with(|| {
-                        // Room for the rest of the chunk and this event, which
-                        // may have begun in earlier chunks: no regrowth.
-                        let room = chunk.len() + event.data.len();
-                        Records::new(stream.clone(), SystemTime::now(), room)
-                    })
-                    .push(&event);
-            });
+            let parser = &mut self.parser;
+            let mut emit = |bytes: &[u8]| {
+                body_bytes += bytes.len();
+                parser.feed_ref(bytes, &mut |event| {
+                    records
+                        .get_or_insert_with(|| {
+                            // Room for the rest of the bytes and this event,
+                            // which may have begun earlier: no regrowth.
+                            let room = bytes.len() + event.data.len();
+                            Records::new(stream.clone(), SystemTime::now(), room)
+                        })
+                        .push(&event);
+                });
+            };
+            let read = tokio::select! {
+                _ = shutdown.cancelled() => return Attempt::Shutdown,
+                read = tokio::time::timeout(self.config.idle_timeout, body.read(&mut emit)) => read,
+            };
+            self.metrics.bytes.inc_by(body_bytes as u64);
             let oversized = self.parser.stats().oversized_events;
             if oversized > oversized_before {
                 tracing::warn!(
@@ -324,6 +343,7 @@ impl Stream {
                 self.metrics.oversized.inc_by(oversized - oversized_before);
                 oversized_before = oversized;
             }
+            // What arrived is routed even when the body ended with it.
             if let Some(records) = records {
                 self.metrics.events.inc_by(records.len() as u64);
                 self.metrics.last_event.set(unix_now());
@@ -344,6 +364,20 @@ impl Stream {
             self.router
                 .tracker()
                 .observe_id(self.parser.last_event_id());
+            match read {
+                Err(_) => {
+                    break (
+                        "idle_timeout",
+                        format!(
+                            "no data for {} (idle_timeout)",
+                            humantime::format_duration(self.config.idle_timeout)
+                        ),
+                    )
+                }
+                Ok(Err(failed)) => break failed,
+                Ok(Ok(Some(()))) => {}
+                Ok(Ok(None)) => break ("closed", "the server closed the connection".to_owned()),
+            }
         };
         Attempt::Retry {
             kind,
@@ -351,6 +385,40 @@ impl Stream {
             reason,
             retry_after: None,
             delivered_events: self.parser.stats().events > events_before,
+        }
+    }
+}
+
+/// A 200 event-stream body being read: by the lean client of plain `http://`
+/// streams ([`wire`]), or by reqwest.
+enum Body {
+    Lean(wire::Body),
+    Reqwest(
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    ),
+}
+
+impl Body {
+    /// Waits for the next bytes and hands the body's to `emit`; `None` once the
+    /// body has ended. An error comes as the reconnect kind and reason.
+    async fn read(
+        &mut self,
+        emit: &mut impl FnMut(&[u8]),
+    ) -> Result<Option<()>, (&'static str, String)> {
+        match self {
+            Body::Lean(body) => match body.read(emit).await {
+                Ok(wire::Read::Bytes(_)) => Ok(Some(())),
+                Ok(wire::Read::End) => Ok(None),
+                Err(e) => Err(e.describe()),
+            },
+            Body::Reqwest(body) => match body.next().await {
+                Some(Ok(chunk)) => {
+                    emit(&chunk);
+                    Ok(Some(()))
+                }
+                Some(Err(e)) => Err(describe_error(&e)),
+                None => Ok(None),
+            },
         }
     }
 }

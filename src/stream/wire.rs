@@ -1,0 +1,626 @@
+//! A lean HTTP/1.1 client for plain `http://` streams.
+//!
+//! Why not reqwest for these: an idle stream read through reqwest/hyper holds
+//! about 20 KiB (hyper's 8 KiB read and write buffers and a request queue sized
+//! for 32 requests), so 10,000 idle streams cost ~250 MiB. A stream sends one
+//! GET and reads one endless body, so this module does just that on a bare
+//! `TcpStream`, and reads with `readable()` + `try_read` into one buffer per
+//! thread: an idle stream holds no read buffer at all (about 1 KiB a stream
+//! with its task). It also skips hyper's body channel, one hand-off per chunk.
+//!
+//! What it covers: the request head, 1xx answers, `Content-Length`, chunked and
+//! close-delimited bodies, and `Content-Encoding: gzip`. Anything else stays
+//! with reqwest (see [`eligible`]): `https://`, HTTP/2, credentials in the URL,
+//! a proxy set in the environment. A redirect answer hands the attempt over
+//! to reqwest too ([`Opened::Redirect`]), which follows it by the configured
+//! policy.
+
+use std::cell::RefCell;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{StatusCode, Url};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The longest response head accepted.
+const MAX_HEAD: usize = 64 << 10;
+
+/// Bytes read from a socket at once, into the buffer of the thread reading.
+const READ_BUFFER: usize = 64 << 10;
+
+/// Whether a stream can use this client rather than reqwest.
+pub fn eligible(url: &Url, http2: bool) -> bool {
+    url.scheme() == "http"
+        && !http2
+        && url.username().is_empty()
+        && url.password().is_none()
+        && !proxy_in_environment()
+}
+
+/// reqwest would route through a proxy named in the environment (and knows
+/// `NO_PROXY`); leave those streams to it.
+fn proxy_in_environment() -> bool {
+    ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+}
+
+/// How an attempt failed, in the words the stream logs.
+#[derive(Debug)]
+pub enum WireError {
+    Connect(io::Error),
+    /// Sending the request or reading the answer's head.
+    Request(String),
+    /// Reading the body.
+    Body(String),
+    /// More redirects than `max_redirects`.
+    Redirects,
+}
+
+impl WireError {
+    /// The reconnect kind and the reason, as for reqwest's errors.
+    pub fn describe(&self) -> (&'static str, String) {
+        match self {
+            WireError::Connect(e) => ("connect_error", format!("connect error: {e}")),
+            WireError::Request(what) => ("request_error", format!("request error: {what}")),
+            WireError::Body(what) => ("body_error", format!("error reading the body: {what}")),
+            WireError::Redirects => ("redirects", "too many redirects".to_owned()),
+        }
+    }
+}
+
+/// The answer to a request.
+pub enum Opened {
+    /// The status and headers, and the body to read (even if the status says
+    /// there is nothing to read: the caller decides).
+    Response {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Body,
+    },
+    /// A redirect to another origin: reqwest is to follow it.
+    Redirect,
+}
+
+/// Connects to `url` and sends a GET with `headers` (which must not hold
+/// `Host`), then reads the answer's head. Redirects within the same origin
+/// are followed here, at most `max_redirects`; one to another origin is handed
+/// to reqwest (which drops credentials on the way, as it should).
+pub async fn open(
+    url: &Url,
+    headers: &HeaderMap,
+    connect_timeout: Duration,
+    max_redirects: usize,
+) -> Result<Opened, WireError> {
+    let mut target = url.clone();
+    let mut followed = 0;
+    loop {
+        let mut socket = connect(&target, connect_timeout).await?;
+        let request = request_head(&target, headers);
+        socket
+            .write_all(&request)
+            .await
+            .map_err(|e| WireError::Request(format!("sending the request: {e}")))?;
+        let (status, headers, rest) = read_head(&mut socket).await?;
+        if let Some(next) = redirect_target(&target, status, &headers) {
+            if next.origin() != target.origin() || !eligible(&next, false) {
+                return Ok(Opened::Redirect);
+            }
+            if followed == max_redirects {
+                return Err(WireError::Redirects);
+            }
+            followed += 1;
+            target = next;
+            continue;
+        }
+        let framing = Framing::of(&headers)?;
+        let gzip = headers
+            .get(reqwest::header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
+        return Ok(Opened::Response {
+            status,
+            headers,
+            body: Body {
+                socket,
+                framing,
+                gzip: gzip.then(|| Box::new(flate2::write::GzDecoder::new(Vec::new()))),
+                head_rest: (!rest.is_empty()).then_some(rest),
+            },
+        });
+    }
+}
+
+/// Where a redirect answer points, for the statuses reqwest follows.
+fn redirect_target(from: &Url, status: StatusCode, headers: &HeaderMap) -> Option<Url> {
+    if ![301, 302, 303, 307, 308].contains(&status.as_u16()) {
+        return None;
+    }
+    let location = headers.get(reqwest::header::LOCATION)?.to_str().ok()?;
+    from.join(location).ok()
+}
+
+async fn connect(url: &Url, connect_timeout: Duration) -> Result<TcpStream, WireError> {
+    let port = url.port_or_known_default().unwrap_or(80);
+    let addresses: Vec<SocketAddr> = match url.host() {
+        Some(url::Host::Ipv4(ip)) => vec![SocketAddr::from((ip, port))],
+        Some(url::Host::Ipv6(ip)) => vec![SocketAddr::from((ip, port))],
+        Some(url::Host::Domain(name)) => tokio::net::lookup_host((name, port))
+            .await
+            .map_err(WireError::Connect)?
+            .collect(),
+        None => {
+            return Err(WireError::Connect(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the URL has no host",
+            )))
+        }
+    };
+    let mut last_error = io::Error::new(io::ErrorKind::NotFound, "the host has no address");
+    for address in addresses {
+        match tokio::time::timeout(connect_timeout, TcpStream::connect(address)).await {
+            Ok(Ok(socket)) => {
+                // As reqwest was set up: no Nagle delay on the request, and
+                // keepalive probes to notice a peer that vanished.
+                let _ = socket.set_nodelay(true);
+                let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(30));
+                let _ = socket2::SockRef::from(&socket).set_tcp_keepalive(&keepalive);
+                return Ok(socket);
+            }
+            Ok(Err(e)) => last_error = e,
+            Err(_) => {
+                last_error = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{address}: no answer within connect_timeout"),
+                )
+            }
+        }
+    }
+    Err(WireError::Connect(last_error))
+}
+
+/// `GET` with the path, `Host`, the user agent, gzip, and `headers`.
+fn request_head(url: &Url, headers: &HeaderMap) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256);
+    let target = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_owned(),
+    };
+    let host = url.host_str().unwrap_or_default();
+    let _ = write!(head, "GET {target} HTTP/1.1\r\nHost: {host}");
+    if let Some(port) = url.port() {
+        let _ = write!(head, ":{port}");
+    }
+    head.extend_from_slice(
+        concat!(
+            "\r\nUser-Agent: sse-relay/",
+            env!("CARGO_PKG_VERSION"),
+            "\r\nAccept-Encoding: gzip\r\n"
+        )
+        .as_bytes(),
+    );
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// Reads the head of the final answer (skipping 1xx ones); returns it and the
+/// body bytes that came with it.
+async fn read_head(socket: &mut TcpStream) -> Result<(StatusCode, HeaderMap, Vec<u8>), WireError> {
+    let mut buffer = Vec::with_capacity(1024);
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let mut response = httparse::Response::new(&mut fields);
+        match response.parse(&buffer) {
+            Ok(httparse::Status::Complete(length)) => {
+                let code = response.code.unwrap_or(0);
+                let status = StatusCode::from_u16(code)
+                    .map_err(|_| WireError::Request(format!("invalid status {code}")))?;
+                if status.is_informational() {
+                    // 100 Continue and friends: the real answer follows.
+                    buffer.drain(..length);
+                    continue;
+                }
+                let mut headers = HeaderMap::with_capacity(response.headers.len());
+                for field in response.headers.iter() {
+                    if let (Ok(name), Ok(value)) = (
+                        HeaderName::from_bytes(field.name.as_bytes()),
+                        HeaderValue::from_bytes(field.value),
+                    ) {
+                        headers.append(name, value);
+                    }
+                }
+                return Ok((status, headers, buffer.split_off(length)));
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(e) => return Err(WireError::Request(format!("invalid response head: {e}"))),
+        }
+        if buffer.len() >= MAX_HEAD {
+            return Err(WireError::Request(format!(
+                "the response head is over {} KiB",
+                MAX_HEAD >> 10
+            )));
+        }
+        buffer.reserve(4096);
+        match socket.read_buf(&mut buffer).await {
+            Ok(0) => {
+                return Err(WireError::Request(
+                    "the server closed the connection before answering".to_owned(),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(WireError::Request(format!("reading the answer: {e}"))),
+        }
+    }
+}
+
+/// How the body's end is known (RFC 9112, section 6.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Framing {
+    Chunked(Chunked),
+    Length(u64),
+    /// Until the server closes the connection.
+    Close,
+}
+
+impl Framing {
+    fn of(headers: &HeaderMap) -> Result<Framing, WireError> {
+        if let Some(coding) = headers
+            .get_all(reqwest::header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+        {
+            let last = coding
+                .to_str()
+                .unwrap_or_default()
+                .rsplit(',')
+                .next()
+                .unwrap_or_default();
+            return Ok(if last.trim().eq_ignore_ascii_case("chunked") {
+                Framing::Chunked(Chunked::Size {
+                    value: 0,
+                    digits: 0,
+                })
+            } else {
+                Framing::Close
+            });
+        }
+        let mut lengths = headers.get_all(reqwest::header::CONTENT_LENGTH).iter();
+        match (lengths.next(), lengths.next()) {
+            (None, _) => Ok(Framing::Close),
+            (Some(length), None) => length
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Framing::Length)
+                .ok_or_else(|| WireError::Request("invalid Content-Length".to_owned())),
+            (Some(_), Some(_)) => Err(WireError::Request(
+                "several Content-Length headers".to_owned(),
+            )),
+        }
+    }
+}
+
+/// Where a chunked body's decoder stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunked {
+    /// Reading a chunk-size line's hex digits.
+    Size {
+        value: u64,
+        digits: u8,
+    },
+    /// Past the size: whitespace, then an optional extension (`;` up to the
+    /// line end).
+    SizeRest {
+        value: u64,
+        extension: bool,
+    },
+    /// After the size line's CR.
+    SizeLf {
+        value: u64,
+    },
+    Data {
+        left: u64,
+    },
+    /// After a chunk's data: its CRLF.
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (after the last chunk).
+    TrailerStart,
+    TrailerLine,
+    /// After the CR of the empty line that ends the body.
+    EndLf,
+    Done,
+}
+
+impl Chunked {
+    /// Decodes `input`, handing the data to `emit`. Returns whether the body
+    /// is complete.
+    fn decode(&mut self, mut input: &[u8], emit: &mut impl FnMut(&[u8])) -> Result<bool, String> {
+        while let Some((&b, rest)) = input.split_first() {
+            *self = match *self {
+                Chunked::Data { left } => {
+                    let take = (left.min(input.len() as u64)) as usize;
+                    emit(&input[..take]);
+                    input = &input[take..];
+                    let left = left - take as u64;
+                    *self = if left == 0 {
+                        Chunked::DataCr
+                    } else {
+                        Chunked::Data { left }
+                    };
+                    continue;
+                }
+                Chunked::Size { value, digits } => match (b as char).to_digit(16) {
+                    Some(digit) if digits < 15 => Chunked::Size {
+                        value: value << 4 | u64::from(digit),
+                        digits: digits + 1,
+                    },
+                    Some(_) => return Err("a chunk size over 15 hex digits".to_owned()),
+                    None if digits == 0 => return Err("a chunk without a size".to_owned()),
+                    None => Chunked::after_size(value, false, b)?,
+                },
+                Chunked::SizeRest { value, extension } => Chunked::after_size(value, extension, b)?,
+                Chunked::SizeLf { value } if b == b'\n' => Chunked::chunk(value),
+                Chunked::SizeLf { .. } => return Err("a chunk size line without LF".to_owned()),
+                Chunked::DataCr if b == b'\r' => Chunked::DataLf,
+                Chunked::DataCr | Chunked::DataLf if b == b'\n' => Chunked::Size {
+                    value: 0,
+                    digits: 0,
+                },
+                Chunked::DataCr | Chunked::DataLf => {
+                    return Err("a chunk longer than its size".to_owned())
+                }
+                Chunked::TrailerStart if b == b'\r' => Chunked::EndLf,
+                Chunked::TrailerStart | Chunked::EndLf if b == b'\n' => Chunked::Done,
+                Chunked::EndLf => return Err("a trailer line without LF".to_owned()),
+                Chunked::TrailerStart | Chunked::TrailerLine if b == b'\n' => Chunked::TrailerStart,
+                Chunked::TrailerStart | Chunked::TrailerLine => Chunked::TrailerLine,
+                Chunked::Done => return Ok(true),
+            };
+            input = rest;
+        }
+        Ok(*self == Chunked::Done)
+    }
+
+    /// A byte after a chunk size's digits: whitespace or an extension goes
+    /// on, a line end starts the chunk.
+    fn after_size(value: u64, extension: bool, b: u8) -> Result<Chunked, String> {
+        Ok(match b {
+            b'\r' => Chunked::SizeLf { value },
+            b'\n' => Chunked::chunk(value),
+            b';' => Chunked::SizeRest {
+                value,
+                extension: true,
+            },
+            b'\t' | b' ' => Chunked::SizeRest { value, extension },
+            _ if extension => Chunked::SizeRest { value, extension },
+            _ => return Err("an invalid chunk size".to_owned()),
+        })
+    }
+
+    fn chunk(size: u64) -> Chunked {
+        if size == 0 {
+            Chunked::TrailerStart
+        } else {
+            Chunked::Data { left: size }
+        }
+    }
+}
+
+/// What one read of a body gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Read {
+    /// Bytes arrived (framing included; the body part went to `emit`).
+    Bytes(usize),
+    /// The body ended where its framing says, or (without framing) the server
+    /// closed the connection.
+    End,
+}
+
+/// A response body being read.
+pub struct Body {
+    socket: TcpStream,
+    framing: Framing,
+    /// Present for `Content-Encoding: gzip` (boxed: most streams have none).
+    gzip: Option<Box<flate2::write::GzDecoder<Vec<u8>>>>,
+    /// Body bytes that arrived with the head, handed out first.
+    head_rest: Option<Vec<u8>>,
+}
+
+thread_local! {
+    /// The buffer sockets are read into on this thread: one per worker thread,
+    /// not one per stream.
+    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUFFER]);
+}
+
+impl Body {
+    /// Waits for the next bytes and hands the body's part of them (decoded)
+    /// to `emit`, which may be called several times or not at all.
+    pub async fn read(&mut self, emit: &mut impl FnMut(&[u8])) -> Result<Read, WireError> {
+        if let Some(rest) = self.head_rest.take() {
+            return self.decode(&rest, emit).map(|ended| match ended {
+                true => Read::End,
+                false => Read::Bytes(rest.len()),
+            });
+        }
+        loop {
+            self.socket
+                .readable()
+                .await
+                .map_err(|e| WireError::Body(e.to_string()))?;
+            let read = READ_BUF.with_borrow_mut(|buffer| match self.socket.try_read(buffer) {
+                Ok(0) => Some(self.end_of_input().map(|()| Read::End)),
+                Ok(n) => Some(self.decode(&buffer[..n], emit).map(|ended| match ended {
+                    true => Read::End,
+                    false => Read::Bytes(n),
+                })),
+                // Readiness can be spurious: wait again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                Err(e) => Some(Err(WireError::Body(e.to_string()))),
+            });
+            if let Some(read) = read {
+                return read;
+            }
+        }
+    }
+
+    /// Decodes bytes off the wire; returns whether the body is complete.
+    fn decode(&mut self, input: &[u8], emit: &mut impl FnMut(&[u8])) -> Result<bool, WireError> {
+        let Body { framing, gzip, .. } = self;
+        let mut failed = None;
+        let mut out = |data: &[u8]| match gzip {
+            None => emit(data),
+            Some(gzip) => {
+                if failed.is_some() {
+                    return;
+                }
+                match gzip.write_all(data).and_then(|()| gzip.flush()) {
+                    Ok(()) => {
+                        let decoded = gzip.get_mut();
+                        if !decoded.is_empty() {
+                            emit(decoded);
+                            decoded.clear();
+                        }
+                    }
+                    Err(e) => failed = Some(format!("gzip: {e}")),
+                }
+            }
+        };
+        let ended = match framing {
+            Framing::Chunked(state) => state.decode(input, &mut out).map_err(WireError::Body)?,
+            Framing::Length(left) => {
+                let take = (*left).min(input.len() as u64) as usize;
+                out(&input[..take]);
+                *left -= take as u64;
+                *left == 0
+            }
+            Framing::Close => {
+                out(input);
+                false
+            }
+        };
+        match failed {
+            Some(what) => Err(WireError::Body(what)),
+            None => Ok(ended),
+        }
+    }
+
+    /// The server closed the connection: the end of a close-delimited body, or
+    /// a body cut short.
+    fn end_of_input(&self) -> Result<(), WireError> {
+        match &self.framing {
+            Framing::Close => Ok(()),
+            Framing::Length(left) => Err(WireError::Body(format!(
+                "the connection closed {left} bytes before the end of the body"
+            ))),
+            Framing::Chunked(_) => Err(WireError::Body(
+                "the connection closed before the end of the chunked body".to_owned(),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(body: &[u8], split: usize) -> Result<(Vec<u8>, bool), String> {
+        let mut state = Chunked::Size {
+            value: 0,
+            digits: 0,
+        };
+        let mut out = Vec::new();
+        let mut done = false;
+        for piece in body.chunks(split.max(1)) {
+            done = state.decode(piece, &mut |d| out.extend_from_slice(d))?;
+        }
+        Ok((out, done))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_the_same_at_every_split() {
+        let body = b"5\r\nhello\r\n1;ext=\"x\"\r\n \r\nA \r\n0123456789\r\n0\r\nTrailer: x\r\n\r\n";
+        for split in 1..=body.len() {
+            let (out, done) = decode_all(body, split).unwrap();
+            assert_eq!(out, b"hello 0123456789", "split {split}");
+            assert!(done, "split {split}");
+        }
+        // Bare LFs are accepted; an unfinished body is not done.
+        assert_eq!(
+            decode_all(b"3\nabc\n0\n\n", 2).unwrap(),
+            (b"abc".to_vec(), true)
+        );
+        assert_eq!(decode_all(b"3\r\nab", 1).unwrap(), (b"ab".to_vec(), false));
+    }
+
+    #[test]
+    fn broken_chunked_bodies_are_errors() {
+        for bad in [
+            &b"zz\r\n"[..],
+            b"3\r\nabcd\r\n",
+            b"5x\r\n",
+            b"1234567890abcdef0\r\n",
+            b"\r\n",
+            b"3\rX",
+        ] {
+            assert!(
+                decode_all(bad, 64).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn framing_follows_the_headers() {
+        let mut h = HeaderMap::new();
+        assert_eq!(Framing::of(&h).unwrap(), Framing::Close);
+        h.insert("content-length", HeaderValue::from_static("12"));
+        assert_eq!(Framing::of(&h).unwrap(), Framing::Length(12));
+        h.insert(
+            "transfer-encoding",
+            HeaderValue::from_static("gzip, chunked"),
+        );
+        assert!(matches!(Framing::of(&h).unwrap(), Framing::Chunked(_)));
+        h.insert("transfer-encoding", HeaderValue::from_static("gzip"));
+        assert_eq!(Framing::of(&h).unwrap(), Framing::Close);
+        let mut h = HeaderMap::new();
+        h.insert("content-length", HeaderValue::from_static("x"));
+        assert!(Framing::of(&h).is_err());
+    }
+
+    #[test]
+    fn only_plain_http_without_credentials_or_proxies_is_eligible() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        assert!(eligible(&url("http://127.0.0.1:8080/s?x=1"), false) || proxy_in_environment());
+        assert!(!eligible(&url("https://example.com/"), false));
+        assert!(!eligible(&url("http://example.com/"), true));
+        assert!(!eligible(&url("http://u:p@example.com/"), false));
+    }
+
+    #[test]
+    fn the_request_head_carries_host_agent_and_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert("last-event-id", HeaderValue::from_static("42"));
+        let head = request_head(
+            &Url::parse("http://h.example:81/a/b?c=d#frag").unwrap(),
+            &headers,
+        );
+        let head = String::from_utf8(head).unwrap();
+        assert!(
+            head.starts_with("GET /a/b?c=d HTTP/1.1\r\nHost: h.example:81\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\nlast-event-id: 42\r\n"), "{head}");
+        assert!(head.ends_with("\r\n\r\n"), "{head}");
+    }
+}
