@@ -838,6 +838,34 @@ async fn a_redirect_loop_is_bounded_then_retried_with_backoff() {
 }
 
 #[tokio::test]
+async fn a_redirect_to_another_origin_is_followed_by_the_full_http_client() {
+    // Plain http:// streams are read by the lean client, which follows
+    // redirects within one origin only and hands any other to reqwest.
+    let target = TestServer::start(|n, _| match n {
+        0 => Reply::events([numbered(1, 2)]),
+        _ => Reply::status(204),
+    })
+    .await;
+    let to = target.url("/moved");
+    let origin = TestServer::start(move |_, _| Reply::status(307).header("Location", &to)).await;
+    let mut relay = Relay::start(&origin.url("/"), "backoff_initial = \"50ms\"");
+    let log = relay.wait_for_exit(WITHIN).await;
+    assert_eq!(relay.ids(), ["1", "2"]);
+    let at_target = target.requests();
+    assert_eq!(
+        at_target
+            .iter()
+            .map(|r| r.path.as_str())
+            .collect::<Vec<_>>(),
+        ["/moved", "/moved"]
+    );
+    assert_eq!(last_event_ids(&at_target), [None, Some("2")]);
+    // Each attempt asks the origin twice: the lean client, then reqwest.
+    assert_eq!(origin.requests().len(), 4);
+    log_line(&log, &["connected to", "(HTTP 200 OK)"]);
+}
+
+#[tokio::test]
 async fn error_statuses_are_retried_and_retry_after_counts_only_on_503() {
     // 401, 403, 404, 500, 503: first without, then with Retry-After. The
     // Retry-After of the others is long; honouring it would time the test out.
