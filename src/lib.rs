@@ -19,6 +19,7 @@ pub mod checkpoint;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod escape;
 pub mod metrics;
 pub mod nats;
 pub mod notify;

@@ -9,14 +9,15 @@
 //! ```
 //!
 //! `id` is `null` when no id is in effect. The encoder writes straight into the
-//! sink's buffer; it is on the hot path, so string escaping copies runs of plain
-//! bytes in blocks and consults a table only for the bytes that need escaping.
+//! sink's buffer; it is on the hot path, and its strings are escaped by
+//! [`crate::escape`].
 
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::Encoding;
+pub use crate::escape::{json_string_len, write_json_string};
 use crate::sse::EventRef;
 
 /// The records one stream received in one chunk, stored together: all their
@@ -171,137 +172,6 @@ impl<'a> RecordRef<'a> {
             + id
             + json_string_len(self.event)
             + json_string_len(self.data)
-    }
-}
-
-/// The length of `s` written by [`write_json_string`], quotes included.
-pub fn json_string_len(s: &str) -> usize {
-    let mut escapes = 0;
-    for_each_escape(s.as_bytes(), |_, escape| {
-        escapes += if escape == b'u' { 5 } else { 1 };
-    });
-    s.len() + escapes + 2
-}
-
-/// For each byte: 0 if it is copied as is, otherwise the letter of its short
-/// escape (`n` for `\n`), or `u` for the `\u00XX` form.
-static ESCAPE: [u8; 256] = {
-    let mut table = [0u8; 256];
-    let mut b = 0;
-    while b < 0x20 {
-        table[b] = b'u';
-        b += 1;
-    }
-    table[b'\n' as usize] = b'n';
-    table[b'\r' as usize] = b'r';
-    table[b'\t' as usize] = b't';
-    table[0x08] = b'b';
-    table[0x0C] = b'f';
-    table[b'"' as usize] = b'"';
-    table[b'\\' as usize] = b'\\';
-    table
-};
-
-/// Appends `s` as a quoted JSON string.
-///
-/// Event data is often JSON itself, with a quote every few bytes, and can be
-/// large (16 KiB lines are common). So eight bytes are tested at once (SWAR,
-/// see [`word_needs_escape`]), and output is staged in a small stack buffer (small: it is zeroed per call):
-/// appending each short run between escapes to the `Vec` separately (a
-/// capacity check and a `memcpy` call per run) was most of the cost.
-pub fn write_json_string(s: &str, out: &mut Vec<u8>) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    /// Staging size; flushed with room left for one word of 6-byte escapes.
-    const STAGE: usize = 256;
-    let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
-    let mut stage = [0u8; STAGE];
-    let mut n = 0;
-    let put = |stage: &mut [u8; STAGE], n: &mut usize, b: u8| match ESCAPE[b as usize] {
-        0 => {
-            stage[*n] = b;
-            *n += 1;
-        }
-        b'u' => {
-            stage[*n..*n + 6].copy_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[(b >> 4) as usize],
-                HEX[(b & 0xF) as usize],
-            ]);
-            *n += 6;
-        }
-        letter => {
-            stage[*n..*n + 2].copy_from_slice(&[b'\\', letter]);
-            *n += 2;
-        }
-    };
-    let mut words = bytes.chunks_exact(8);
-    for word in &mut words {
-        if n > STAGE - 48 {
-            out.extend_from_slice(&stage[..n]);
-            n = 0;
-        }
-        let w = u64::from_le_bytes(word.try_into().expect("8 bytes"));
-        if word_needs_escape(w) {
-            for &b in word {
-                put(&mut stage, &mut n, b);
-            }
-        } else {
-            stage[n..n + 8].copy_from_slice(word);
-            n += 8;
-        }
-    }
-    if n > STAGE - 48 {
-        out.extend_from_slice(&stage[..n]);
-        n = 0;
-    }
-    for &b in words.remainder() {
-        put(&mut stage, &mut n, b);
-    }
-    out.extend_from_slice(&stage[..n]);
-    out.push(b'"');
-}
-
-/// Whether any of the eight bytes of `w` needs escaping: is below 0x20, `"` or
-/// `\`. Exact as a yes/no answer (the classic "has a zero byte" and "has a byte
-/// less than n" tricks, valid for n up to 0x80).
-#[inline]
-fn word_needs_escape(w: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH;
-    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-    let quote = has_zero(w ^ (ONES * u64::from(b'"')));
-    let backslash = has_zero(w ^ (ONES * u64::from(b'\\')));
-    control | quote | backslash != 0
-}
-
-/// Calls `found(index, escape letter)` for every byte of `bytes` that needs
-/// escaping, in order (a word at a time, as [`write_json_string`] does).
-#[inline]
-fn for_each_escape(bytes: &[u8], mut found: impl FnMut(usize, u8)) {
-    let mut words = bytes.chunks_exact(8);
-    let mut base = 0;
-    for word in &mut words {
-        if word_needs_escape(u64::from_le_bytes(word.try_into().expect("8 bytes"))) {
-            for (j, &b) in word.iter().enumerate() {
-                let escape = ESCAPE[b as usize];
-                if escape != 0 {
-                    found(base + j, escape);
-                }
-            }
-        }
-        base += 8;
-    }
-    for (j, &b) in words.remainder().iter().enumerate() {
-        let escape = ESCAPE[b as usize];
-        if escape != 0 {
-            found(base + j, escape);
-        }
     }
 }
 
