@@ -10,6 +10,9 @@
 #   e2e     tools/loadgen serves each corpus over HTTP/1.1 on 127.0.0.1; sse-relay
 #           relays it into a JSON-lines file sink (every line counted), and curl -N
 #           and LaunchDarkly's client read the same bytes. RUNS (default 3) each.
+#           sse-relay is timed from its response to its last record in the file
+#           (curl and the peer client time their own request the same way); the
+#           whole process, start-up to exit, is reported beside it.
 #   scale   STREAMS (default 10000) idle streams with a HEARTBEAT (default 15) s
 #           comment: sse-relay's RSS and idle CPU; then the server restarts and
 #           every stream must reconnect (spread of reconnect times) and resume
@@ -106,6 +109,19 @@ EOF
       lines=$(wc -l <"$dir/out.jsonl")
       if [ "$lines" -ne "$n" ]; then echo "sse-relay $corpus: $lines records, expected $n"; exit 1; fi
       bytes=$(stat -c %s "$dir/out.jsonl")
+      # Like curl's and the peer client's own clocks: from the response (the
+      # relay's "connected to" log line) to the last record in the file (its
+      # mtime), without process start-up, the reconnect for the final 204 and
+      # shutdown, which the whole-process time includes.
+      active=$(python3 - "$dir/relay.log" "$dir/out.jsonl" <<'PY'
+import datetime, os, re, sys
+log = re.sub(r"\x1b\[[0-9;]*m", "", open(sys.argv[1], errors="replace").read())
+at = re.search(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z\s+INFO\s+stream=\S+ connected to", log)
+start = datetime.datetime.fromisoformat(at.group(1)).replace(tzinfo=datetime.timezone.utc)
+print(f"{os.stat(sys.argv[2]).st_mtime_ns / 1e9 - start.timestamp():.6f}")
+PY
+)
+      record "e2e.$corpus.relay.active_seconds" "$run" "$active"
       record "e2e.$corpus.relay.seconds" "$run" "$secs"
       record "e2e.$corpus.relay.rss_kib" "$run" "$rss_kib"
       record "e2e.$corpus.relay.out_bytes" "$run" "$bytes"
@@ -116,6 +132,10 @@ EOF
       curl -sN -o /dev/null -w '%{size_download} %{time_total}\n' "http://$LG_ADDR/corpus/$corpus" >"$dir/curl"
       read -r cbytes csecs <"$dir/curl"
       record "e2e.$corpus.curl.seconds" "$run" "$csecs"
+      # curl again, writing the body to a file as the relay writes its records.
+      curl -sN -o "$dir/curl.body" -w '%{time_total}\n' "http://$LG_ADDR/corpus/$corpus" >"$dir/curl-file"
+      rm -f "$dir/curl.body"
+      record "e2e.$corpus.curl_file.seconds" "$run" "$(cat "$dir/curl-file")"
       record "e2e.$corpus.body_bytes" "$run" "$cbytes"
       timeout 300 "$LDCLIENT" --events "$n" "http://$LG_ADDR/corpus/$corpus" >"$dir/ld"
       record "e2e.$corpus.ld.seconds" "$run" "$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' "$dir/ld")"

@@ -82,24 +82,32 @@ def med(key):
 
 
 for corpus in ["small", "large"]:
-    relay = med(f"e2e.{corpus}.relay.seconds")
-    if relay is None:
+    process = med(f"e2e.{corpus}.relay.seconds")
+    if process is None:
         continue
+    # First response to last record in the file, as curl and the peer client
+    # time themselves; the whole-process time is shown too.
+    relay = med(f"e2e.{corpus}.relay.active_seconds") or process
     body = med(f"e2e.{corpus}.body_bytes")
     curl = med(f"e2e.{corpus}.curl.seconds")
+    curl_file = med(f"e2e.{corpus}.curl_file.seconds")
     ld = med(f"e2e.{corpus}.ld.seconds")
     rss = med(f"e2e.{corpus}.relay.rss_kib")
     n = EVENTS[corpus]
     relay_eps, ld_eps = n / relay, n / ld
     text = (f"sse-relay {relay_eps / 1e6:.2f}M events/s, {body / relay / 1e6:,.0f} MB/s body; "
-            f"curl -N {body / curl / 1e6:,.0f} MB/s; launchdarkly {ld_eps / 1e6:.2f}M events/s "
-            f"({body / ld / 1e6:,.0f} MB/s); peak RSS {rss / 1024:.1f} MiB")
+            f"curl -N {body / curl / 1e6:,.0f} MB/s"
+            + (f" (to a file: {body / curl_file / 1e6:,.0f} MB/s)" if curl_file else "")
+            + f"; launchdarkly {ld_eps / 1e6:.2f}M events/s "
+            f"({body / ld / 1e6:,.0f} MB/s); peak RSS {rss / 1024:.1f} MiB; whole sse-relay "
+            f"process {process:.2f} s ({n / process / 1e6:.2f}M events/s, {body / process / 1e6:,.0f} MB/s)")
     if corpus == "small":
         row("end to end small (file sink)", text, ">= 2x launchdarkly events/s",
             f"{relay_eps / ld_eps:.2f}x: " + ok(relay_eps >= 2 * ld_eps))
     else:
         row("end to end large (file sink)", text, ">= 50% of curl bytes/s",
-            f"{curl / relay * 100:.0f}%: " + ok(curl / relay >= 0.5))
+            f"{curl / relay * 100:.0f}%: " + ok(curl / relay >= 0.5)
+            + (f" ({curl_file / relay * 100:.0f}% of curl writing a file)" if curl_file else ""))
     row(f"peak RSS, one stream ({corpus})", f"{rss / 1024:.1f} MiB", "<= 20 MiB", ok(rss <= 20 * 1024))
 
 if med("scale.rss_kib") is not None:
