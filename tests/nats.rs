@@ -443,6 +443,18 @@ async fn nats_restart_mid_run_loses_nothing() {
         &[("a".to_owned(), sse.url())],
         "",
     );
+    // A queue far smaller than the stream: NATS going down must stop the
+    // stream reading (backpressure), not let it read the rest into the queue,
+    // get its 204 and start the shutdown drain while NATS is still down.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "max_in_flight = 64\n",
+            "max_in_flight = 64\nqueue_size = 64\n",
+        ),
+    )
+    .unwrap();
     let log = dir.path().join("relay.log");
     let mut relay = spawn_relay(&config, &log, &[]);
     let stored_before_kill = {
