@@ -29,7 +29,9 @@ use crate::sse::EventRef;
 #[derive(Debug)]
 pub struct Records {
     stream: Arc<str>,
-    received_at: SystemTime,
+    /// When the chunk arrived, as RFC 3339 text: formatted once for all its
+    /// records.
+    received_at: String,
     text: String,
     spans: Vec<Span>,
 }
@@ -46,9 +48,12 @@ impl Records {
     /// Records of `stream` received at `received_at`, with room for about
     /// `text_bytes` of event text.
     pub fn new(stream: Arc<str>, received_at: SystemTime, text_bytes: usize) -> Self {
+        let mut stamp = Vec::with_capacity(32);
+        write_timestamp(received_at, &mut stamp);
         Records {
             stream,
-            received_at,
+            // The formatter writes ASCII only.
+            received_at: String::from_utf8_lossy(&stamp).into_owned(),
             text: String::with_capacity(text_bytes),
             spans: Vec::new(),
         }
@@ -59,12 +64,12 @@ impl Records {
     pub fn push(&mut self, event: &EventRef<'_>) {
         let (event_range, id_range) = match self.spans.last() {
             Some(prev) => (
-                if self.text[prev.event.clone()] == *event.event {
+                if same_text(&self.text[prev.event.clone()], event.event) {
                     prev.event.clone()
                 } else {
                     append(&mut self.text, event.event)
                 },
-                if self.text[prev.id.clone()] == *event.id {
+                if same_text(&self.text[prev.id.clone()], event.id) {
                     prev.id.clone()
                 } else {
                     append(&mut self.text, event.id)
@@ -95,6 +100,13 @@ impl Records {
         &self.stream
     }
 
+    /// The bytes of the `i`th record's type, id and data (what queues count),
+    /// without looking at them.
+    pub fn text_len(&self, i: usize) -> usize {
+        let span = &self.spans[i];
+        span.event.len() + span.id.len() + span.data.len()
+    }
+
     /// The `i`th record. Panics if there is none.
     pub fn get(&self, i: usize) -> RecordRef<'_> {
         let span = &self.spans[i];
@@ -103,9 +115,16 @@ impl Records {
             event: &self.text[span.event.clone()],
             id: &self.text[span.id.clone()],
             data: &self.text[span.data.clone()],
-            received_at: self.received_at,
+            received_at: &self.received_at,
         }
     }
+}
+
+/// Equality of short strings (types, ids) without a `memcmp` call, which cost
+/// more than the comparison on small events.
+#[inline]
+fn same_text(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
 }
 
 fn append(text: &mut String, part: &str) -> Range<usize> {
@@ -122,7 +141,8 @@ pub struct RecordRef<'a> {
     /// Empty when no id is in effect.
     pub id: &'a str,
     pub data: &'a str,
-    pub received_at: SystemTime,
+    /// RFC 3339 in UTC with microseconds: `2025-11-25T23:36:07.123456Z`.
+    pub received_at: &'a str,
 }
 
 impl<'a> RecordRef<'a> {
@@ -154,7 +174,7 @@ impl<'a> RecordRef<'a> {
         out.extend_from_slice(b",\"data\":");
         write_json_string(self.data, out);
         out.extend_from_slice(b",\"received_at\":\"");
-        write_timestamp(self.received_at, out);
+        out.extend_from_slice(self.received_at.as_bytes());
         out.extend_from_slice(b"\"}");
     }
 
@@ -163,11 +183,9 @@ impl<'a> RecordRef<'a> {
     pub fn json_len(&self) -> usize {
         // The keys, quotes and punctuation around the values (see `write_json`).
         const FRAME: usize = r#"{"stream":,"id":,"event":,"data":,"received_at":""}"#.len();
-        // RFC 3339 with microseconds in UTC: `2025-11-25T23:36:07.123456Z`.
-        const TIMESTAMP: usize = 27;
         let id = self.id().map_or(4, json_string_len);
         FRAME
-            + TIMESTAMP
+            + self.received_at.len()
             + json_string_len(self.stream)
             + id
             + json_string_len(self.event)
@@ -268,7 +286,7 @@ mod tests {
             event: "edit",
             id,
             data,
-            received_at: UNIX_EPOCH + Duration::from_micros(1_764_113_767_123_456),
+            received_at: "2025-11-25T23:36:07.123456Z",
         }
     }
 
@@ -295,7 +313,7 @@ mod tests {
             let r = records.get(i);
             assert_eq!(
                 (r.stream, r.event, r.id, r.data, r.received_at),
-                ("wiki", event, id, data, at)
+                ("wiki", event, id, data, "1970-01-01T00:00:01.000000Z")
             );
         }
         // "edit" and "1" were stored once for the first two records.

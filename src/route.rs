@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, Semaphore, SemaphorePermit};
 
 use crate::ack::AckTracker;
 use crate::config::WhenFull;
-use crate::record::{RecordRef, Records};
+use crate::record::Records;
 use crate::sink::Delivery;
 
 /// Default bytes of records one sink may hold (queued or in a batch being
@@ -58,11 +58,11 @@ impl Budget {
         })
     }
 
-    /// What a record counts, capped at the whole budget so that a record larger
-    /// than the budget can still pass, alone.
-    pub fn cost(&self, record: &RecordRef<'_>) -> u32 {
-        let bytes = record.data.len() + record.id.len() + record.event.len() + OVERHEAD;
-        bytes.min(self.capacity as usize) as u32
+    /// What a record of `text_len` bytes ([`Records::text_len`]) counts,
+    /// capped at the whole budget so that a record larger than the budget can
+    /// still pass, alone.
+    pub fn cost(&self, text_len: usize) -> u32 {
+        (text_len + OVERHEAD).min(self.capacity as usize) as u32
     }
 
     /// How many of `delivery`'s first records fit within `bytes` bytes and
@@ -76,8 +76,8 @@ impl Budget {
     ) -> (usize, u32) {
         let mut count = 0;
         let mut cost = 0u32;
-        for record in delivery.records() {
-            let next = self.cost(&record);
+        for text_len in delivery.text_lens() {
+            let next = self.cost(text_len);
             let fits =
                 count < slots as usize && u64::from(cost) + u64::from(next) <= u64::from(bytes);
             let forced = at_least_one && count == 0;
@@ -138,10 +138,11 @@ impl Held {
         }
     }
 
-    /// What `records` cost against the budget this holds (0 without one).
-    pub fn cost_of<'a>(&self, records: impl Iterator<Item = RecordRef<'a>>) -> u32 {
+    /// What records of these [`Records::text_len`]s cost against the budget
+    /// this holds (0 without one).
+    pub fn cost_of(&self, text_lens: impl Iterator<Item = usize>) -> u32 {
         match &self.budget {
-            Some(budget) => records.map(|r| budget.cost(&r)).sum(),
+            Some(budget) => text_lens.map(|len| budget.cost(len)).sum(),
             None => 0,
         }
     }

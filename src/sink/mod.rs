@@ -75,6 +75,11 @@ impl Delivery {
         (0..self.selection.len()).map(|n| self.records.get(self.selection.index(n)))
     }
 
+    /// [`Records::text_len`] of each record, in order.
+    pub fn text_lens(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.selection.len()).map(|n| self.records.text_len(self.selection.index(n)))
+    }
+
     /// The sequence number and the record of the last record; `None` if empty.
     pub fn last(&self) -> Option<(u64, RecordRef<'_>)> {
         let n = self.selection.len().checked_sub(1)?;
@@ -94,7 +99,7 @@ impl Delivery {
             slot: self.slot,
             held: Held::default(),
         };
-        let bytes = self.held.cost_of(rest.records());
+        let bytes = self.held.cost_of(rest.text_lens());
         rest.held = self.held.split_off(bytes);
         rest
     }
