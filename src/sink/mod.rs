@@ -1,13 +1,15 @@
 //! Sinks: where records go, and the contract that makes delivery lossless.
 //!
-//! A sink receives [`Delivery`]s from a bounded queue (shared by all the streams
-//! routed to it), writes them, and acknowledges them once they are durable by
+//! A sink receives [`Delivery`]s (a stream's records from one chunk) from a
+//! bounded queue (shared by all the streams routed to it), writes them, and
+//! acknowledges them once they are durable by
 //! its own policy. Acknowledgements move the streams' checkpoints
 //! (see [`crate::ack`]). The loop in [`run`] is shared by every sink type:
 //!
 //! * it takes batches off the queue, in order, as large as the sink's
-//!   [`Batching`] allows: by default whatever is queued (up to 1024) without
-//!   waiting; a sink may ask to wait for more, and to bound a batch's bytes;
+//!   [`Batching`] allows: by default whatever is queued (up to 1024 records)
+//!   without waiting; a sink may ask to wait for more, and to bound a batch's
+//!   bytes; a delivery that would take a batch over a limit is split;
 //! * a failed write is retried with backoff, forever, until it succeeds or the
 //!   daemon is stopped: nothing is skipped, and while it retries the queue fills
 //!   and the streams feeding it stop reading their sockets (backpressure). The
