@@ -104,6 +104,9 @@ path = "$dir/out.jsonl"
 encoding = "json"
 fsync = "never"
 EOF
+      # Every timed run starts without a backlog of dirty pages from the last
+      # one (the kernel would throttle this run's writes for it).
+      sync
       /usr/bin/time -f '%e %M' -o "$dir/time" timeout 300 "$RELAY" run --config "$dir/relay.toml" >"$dir/relay.log" 2>&1
       read -r secs rss_kib <"$dir/time"
       lines=$(wc -l <"$dir/out.jsonl")
@@ -122,6 +125,7 @@ print(f"{os.stat(sys.argv[2]).st_mtime_ns / 1e9 - start.timestamp():.6f}")
 PY
 )
       record "e2e.$corpus.relay.active_seconds" "$run" "$active"
+      rm -f "$dir/out.jsonl"
       record "e2e.$corpus.relay.seconds" "$run" "$secs"
       record "e2e.$corpus.relay.rss_kib" "$run" "$rss_kib"
       record "e2e.$corpus.relay.out_bytes" "$run" "$bytes"
@@ -133,6 +137,7 @@ PY
       read -r cbytes csecs <"$dir/curl"
       record "e2e.$corpus.curl.seconds" "$run" "$csecs"
       # curl again, writing the body to a file as the relay writes its records.
+      sync
       curl -sN -o "$dir/curl.body" -w '%{time_total}\n' "http://$LG_ADDR/corpus/$corpus" >"$dir/curl-file"
       rm -f "$dir/curl.body"
       record "e2e.$corpus.curl_file.seconds" "$run" "$(cat "$dir/curl-file")"

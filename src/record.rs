@@ -92,6 +92,15 @@ impl Records {
         self.spans.len()
     }
 
+    /// Gives back room reserved for text that never came, before the records
+    /// are queued: queues count the text, not the room. (Shrinking in place is
+    /// cheap: the allocator splits the block, nothing is copied.)
+    pub fn trim_excess(&mut self) {
+        if self.text.capacity() > self.text.len() + self.text.len() / 4 + 1024 {
+            self.text.shrink_to_fit();
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.spans.is_empty()
     }

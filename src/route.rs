@@ -270,7 +270,8 @@ impl Router {
     ///
     /// If the future is dropped part-way (shutdown), what was not queued was
     /// never acknowledged, so the checkpoint stays before it.
-    pub async fn route(&mut self, records: Records) -> Result<(), SinksClosed> {
+    pub async fn route(&mut self, mut records: Records) -> Result<(), SinksClosed> {
+        records.trim_excess();
         let Some(last) = records.len().checked_sub(1) else {
             return Ok(());
         };
