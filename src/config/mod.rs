@@ -126,8 +126,9 @@ pub struct MetricsConfig {
     pub listen: std::net::SocketAddr,
 }
 
-/// One `[streams.NAME]` table.
-#[derive(Debug, Clone, PartialEq)]
+/// One `[streams.NAME]` table. Its `Debug` output shows the URL as logs do
+/// (see [`crate::stream::http::redact_url`]), without credentials.
+#[derive(Clone, PartialEq)]
 pub struct StreamConfig {
     pub name: String,
     pub url: reqwest::Url,
@@ -149,6 +150,31 @@ pub struct StreamConfig {
     /// with a status in `give_up_statuses`; `None` retries forever.
     pub give_up_after: Option<u32>,
     pub give_up_statuses: Vec<u16>,
+}
+
+impl std::fmt::Debug for StreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field, the URL redacted; header values are marked sensitive,
+        // so `HeaderMap`'s own Debug hides them.
+        f.debug_struct("StreamConfig")
+            .field("name", &self.name)
+            .field("url", &crate::stream::http::redact_url(&self.url))
+            .field("headers", &self.headers)
+            .field("backoff_initial", &self.backoff_initial)
+            .field("backoff_max", &self.backoff_max)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("retry_max", &self.retry_max)
+            .field("initial_last_event_id", &self.initial_last_event_id)
+            .field("limits", &self.limits)
+            .field("max_redirects", &self.max_redirects)
+            .field("http2", &self.http2)
+            .field("ca_file", &self.ca_file)
+            .field("tls_insecure", &self.tls_insecure)
+            .field("give_up_after", &self.give_up_after)
+            .field("give_up_statuses", &self.give_up_statuses)
+            .finish()
+    }
 }
 
 /// The statuses `give_up_after` counts unless `give_up_statuses` says otherwise:
@@ -1209,6 +1235,15 @@ impl Validator<'_> {
                     .with_help(
                         "leases are renewed every third of it; shorter ones churn on any hiccup",
                     )),
+                // Deadlines are computed as now + lease_ttl: an absurd value
+                // would overflow the clock, and a lease that outlives a day
+                // means a dead instance's streams wait a day for a new owner.
+                Some(ttl) if *ttl.get_ref() > Duration::from_secs(86_400) => return Err(self
+                    .error(ttl.span(), "`lease_ttl` must be at most 24h")
+                    .with_key("lease_ttl")
+                    .with_help(
+                        "a dead instance's streams wait up to lease_ttl for another instance; 10s is the default",
+                    )),
                 Some(ttl) => *ttl.get_ref(),
             };
         Ok(ClusterConfig {
@@ -1591,6 +1626,33 @@ path = "/var/log/sse-relay/{stream}.jsonl"
         let err = parse(&src).unwrap_err();
         assert_eq!(err.key.as_deref(), Some("checkpoint_interval"), "{err}");
         assert!(err.message.contains("above zero"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_carries_no_credentials() {
+        let src = GOOD.replace("url = \"https://", "url = \"https://operator:hunter2@");
+        let config = parse(&src).unwrap();
+        let shown = format!("{:?}", config.streams["wiki"]);
+        assert!(
+            !shown.contains("operator") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert!(shown.contains("url:"), "{shown}");
+    }
+
+    #[test]
+    fn lease_ttl_is_bounded_both_ways() {
+        let cluster = |ttl: &str| {
+            format!(
+                "{GOOD}\n[checkpoints]\nbackend = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\n\
+                 [cluster]\ninstance_id = \"a\"\nlease_ttl = \"{ttl}\"\n"
+            )
+        };
+        assert!(parse(&cluster("10s")).is_ok());
+        for ttl in ["500ms", "25h", "1000000000d"] {
+            let err = parse(&cluster(ttl)).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some("lease_ttl"), "{ttl}: {err}");
+        }
     }
 
     #[test]
