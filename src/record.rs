@@ -18,7 +18,7 @@ use std::time::SystemTime;
 
 use crate::config::Encoding;
 pub use crate::escape::{json_string_len, write_json_string};
-use crate::sse::EventRef;
+use crate::sse::{same_bytes, EventRef};
 
 /// The records one stream received in one chunk, stored together: all their
 /// text in one buffer, and per record where its parts lie in it.
@@ -64,12 +64,15 @@ impl Records {
     pub fn push(&mut self, event: &EventRef<'_>) {
         let (event_range, id_range) = match self.spans.last() {
             Some(prev) => (
-                if same_text(&self.text[prev.event.clone()], event.event) {
+                if same_bytes(
+                    self.text[prev.event.clone()].as_bytes(),
+                    event.event.as_bytes(),
+                ) {
                     prev.event.clone()
                 } else {
                     append(&mut self.text, event.event)
                 },
-                if same_text(&self.text[prev.id.clone()], event.id) {
+                if same_bytes(self.text[prev.id.clone()].as_bytes(), event.id.as_bytes()) {
                     prev.id.clone()
                 } else {
                     append(&mut self.text, event.id)
@@ -127,13 +130,6 @@ impl Records {
             received_at: &self.received_at,
         }
     }
-}
-
-/// Equality of short strings (types, ids) without a `memcmp` call, which cost
-/// more than the comparison on small events.
-#[inline]
-fn same_text(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
 }
 
 fn append(text: &mut String, part: &str) -> Range<usize> {

@@ -12,4 +12,5 @@ mod event;
 mod parser;
 
 pub use event::{Event, EventRef};
+pub(crate) use parser::same_bytes;
 pub use parser::{Limits, Parser, ParserStats};

@@ -599,7 +599,7 @@ impl Parser {
 /// Whether two short byte strings (ids, types) are equal. A plain loop: the
 /// `memcmp` call `==` makes was 14% of the time on small events.
 #[inline]
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 

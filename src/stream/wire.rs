@@ -452,10 +452,7 @@ impl Body {
     /// to `emit`, which may be called several times or not at all.
     pub async fn read(&mut self, emit: &mut impl FnMut(&[u8])) -> Result<Read, WireError> {
         if let Some(rest) = self.head_rest.take() {
-            return self.decode(&rest, emit).map(|ended| match ended {
-                true => Read::End,
-                false => Read::Bytes(rest.len()),
-            });
+            return self.decode(&rest, emit);
         }
         loop {
             self.socket
@@ -464,10 +461,7 @@ impl Body {
                 .map_err(|e| WireError::Body(e.to_string()))?;
             let read = READ_BUF.with_borrow_mut(|buffer| match self.socket.try_read(buffer) {
                 Ok(0) => Some(self.end_of_input().map(|()| Read::End)),
-                Ok(n) => Some(self.decode(&buffer[..n], emit).map(|ended| match ended {
-                    true => Read::End,
-                    false => Read::Bytes(n),
-                })),
+                Ok(n) => Some(self.decode(&buffer[..n], emit)),
                 // Readiness can be spurious: wait again.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
                 Err(e) => Some(Err(WireError::Body(e.to_string()))),
@@ -478,8 +472,8 @@ impl Body {
         }
     }
 
-    /// Decodes bytes off the wire; returns whether the body is complete.
-    fn decode(&mut self, input: &[u8], emit: &mut impl FnMut(&[u8])) -> Result<bool, WireError> {
+    /// Decodes bytes off the wire: [`Read::End`] if they complete the body.
+    fn decode(&mut self, input: &[u8], emit: &mut impl FnMut(&[u8])) -> Result<Read, WireError> {
         let Body { framing, gzip, .. } = self;
         let mut failed = None;
         let mut out = |data: &[u8]| match gzip {
@@ -515,7 +509,8 @@ impl Body {
         };
         match failed {
             Some(what) => Err(WireError::Body(what)),
-            None => Ok(ended),
+            None if ended => Ok(Read::End),
+            None => Ok(Read::Bytes(input.len())),
         }
     }
 
