@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::path::Path;
 
 use crate::config::{Config, Encoding, SinkKind, WebhookConfig};
-use crate::stream::http::redact_url;
+use crate::http::redact_url;
 
 /// A human summary of `config`: streams, sinks, routes, then warnings.
 /// It never shows header values or other secrets.

@@ -258,7 +258,11 @@ impl TailArgs {
         for header in &self.headers {
             let (name, value) = header
                 .split_once(':')
-                .ok_or_else(|| format!("error: header {header:?} is not `Name: value`"))?;
+                // The argument may be a credential typed without its colon:
+                // never echo it.
+                .ok_or_else(|| {
+                    "error: a -H/--header argument is not `Name: value` (it has no `:`)".to_owned()
+                })?;
             let name = HeaderName::from_bytes(name.trim().as_bytes())
                 .map_err(|_| format!("error: invalid header name {:?}", name.trim()))?;
             let mut value = HeaderValue::from_str(value.trim())
@@ -290,6 +294,7 @@ fn stream_defaults(name: &str, url: reqwest::Url) -> StreamConfig {
         http2: false,
         ca_file: None,
         tls_insecure: false,
+        allow_insecure_redirects: false,
         give_up_after: None,
         give_up_statuses: sse_relay::config::DEFAULT_GIVE_UP_STATUSES.to_vec(),
     }
@@ -334,6 +339,9 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
     match (format, under_journald) {
         (LogFormat::Json, _) => builder.json().init(),
         (LogFormat::Text, true) => builder.without_time().with_ansi(false).init(),
-        (LogFormat::Text, false) => builder.init(),
+        // Colour only for a person at a terminal, never in a file or a pipe.
+        (LogFormat::Text, false) => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
 }

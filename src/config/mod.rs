@@ -127,7 +127,7 @@ pub struct MetricsConfig {
 }
 
 /// One `[streams.NAME]` table. Its `Debug` output shows the URL as logs do
-/// (see [`crate::stream::http::redact_url`]), without credentials.
+/// (see [`crate::http::redact_url`]), without credentials.
 #[derive(Clone, PartialEq)]
 pub struct StreamConfig {
     pub name: String,
@@ -146,6 +146,9 @@ pub struct StreamConfig {
     pub http2: bool,
     pub ca_file: Option<PathBuf>,
     pub tls_insecure: bool,
+    /// Follow redirects from `https` to plain `http` (credentials never go
+    /// along); refused when false.
+    pub allow_insecure_redirects: bool,
     /// Stop the stream for good after this many attempts in a row answered
     /// with a status in `give_up_statuses`; `None` retries forever.
     pub give_up_after: Option<u32>,
@@ -158,7 +161,7 @@ impl std::fmt::Debug for StreamConfig {
         // so `HeaderMap`'s own Debug hides them.
         f.debug_struct("StreamConfig")
             .field("name", &self.name)
-            .field("url", &crate::stream::http::redact_url(&self.url))
+            .field("url", &crate::http::redact_url(&self.url))
             .field("headers", &self.headers)
             .field("backoff_initial", &self.backoff_initial)
             .field("backoff_max", &self.backoff_max)
@@ -171,6 +174,7 @@ impl std::fmt::Debug for StreamConfig {
             .field("http2", &self.http2)
             .field("ca_file", &self.ca_file)
             .field("tls_insecure", &self.tls_insecure)
+            .field("allow_insecure_redirects", &self.allow_insecure_redirects)
             .field("give_up_after", &self.give_up_after)
             .field("give_up_statuses", &self.give_up_statuses)
             .finish()
@@ -421,6 +425,7 @@ struct RawStream {
     http2: Option<bool>,
     ca_file: Option<Spanned<String>>,
     tls_insecure: Option<bool>,
+    allow_insecure_redirects: Option<bool>,
     give_up_after: Option<Spanned<u32>>,
     give_up_statuses: Option<Spanned<Vec<u16>>>,
 }
@@ -818,6 +823,7 @@ impl Validator<'_> {
             http2: raw.http2.unwrap_or(false),
             ca_file,
             tls_insecure: raw.tls_insecure.unwrap_or(false),
+            allow_insecure_redirects: raw.allow_insecure_redirects.unwrap_or(false),
             give_up_after: match &raw.give_up_after {
                 Some(n) if *n.get_ref() == 0 => {
                     return Err(self

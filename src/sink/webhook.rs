@@ -36,9 +36,9 @@ use sha2::Sha256;
 
 use super::{Batching, Delivery, Sink, Written};
 use crate::config::{Compression, Encoding, WebhookConfig};
+use crate::http::{redact_url, retry_after, with_tls};
 use crate::record::{write_json_string, RecordRef};
 use crate::stream::backoff::Backoff;
-use crate::stream::http::{redact_url, retry_after, with_tls};
 
 pub const TIMESTAMP_HEADER: &str = "x-sse-relay-timestamp";
 pub const SIGNATURE_HEADER: &str = "x-sse-relay-signature";

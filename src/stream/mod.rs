@@ -15,18 +15,19 @@
 //! reconnects.
 
 pub mod backoff;
-pub mod http;
-mod wire;
+pub mod wire;
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use reqwest::header::HeaderMap;
-use reqwest::{Client, StatusCode};
+use reqwest::{Client, StatusCode, Url};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::StreamConfig;
+use crate::http::{self, decode, redirect};
 use crate::metrics::{unix_now, Connection, StreamMetrics};
 use crate::record::Records;
 use crate::route::Router;
@@ -66,8 +67,6 @@ enum Attempt {
 pub struct Stream {
     config: Arc<StreamConfig>,
     client: Client,
-    /// Read through the lean client ([`wire`]) rather than reqwest.
-    lean: bool,
     parser: Parser,
     router: Router,
     backoff: Backoff,
@@ -96,7 +95,6 @@ impl Stream {
         }
         Ok(Stream {
             url_for_logs: http::redact_url(&config.url),
-            lean: wire::eligible(&config.url, config.http2),
             config,
             client,
             parser,
@@ -189,75 +187,115 @@ impl Stream {
     /// caller awaits one, then the other) so that the idle stream's future
     /// holds the reading state only, not this one's as well.
     async fn connect(&mut self, shutdown: &CancellationToken) -> Result<Body, Attempt> {
-        let headers = http::request_headers(&self.config, self.parser.last_event_id());
         // Waiting for the response counts as silence too: a server that accepts
         // and never answers is as dead as one that stops sending.
         let patience = self
             .config
             .connect_timeout
             .saturating_add(self.config.idle_timeout);
-        let no_response = || {
-            retry(
-                "timeout",
-                format!(
-                    "no response within {}",
-                    humantime::format_duration(patience)
-                ),
-            )
-        };
-        if self.lean {
-            let opened = tokio::select! {
-                _ = shutdown.cancelled() => return Err(Attempt::Shutdown),
-                opened = tokio::time::timeout(
-                    patience,
-                    wire::open(
-                        &self.config.url,
-                        &headers,
-                        self.config.connect_timeout,
-                        self.config.max_redirects,
-                    ),
-                ) => opened,
-            };
-            match opened {
-                Err(_) => return Err(no_response()),
-                Ok(Err(e)) => {
-                    let (kind, reason) = e.describe();
-                    return Err(retry(kind, reason));
-                }
-                Ok(Ok(wire::Opened::Response {
-                    status,
-                    headers,
-                    body,
-                })) => {
-                    self.check_answer(status, &headers)?;
-                    return Ok(Body::Lean(body));
-                }
-                // reqwest follows it, by the configured redirect policy.
-                Ok(Ok(wire::Opened::Redirect)) => {}
-            }
-        }
-        let request = self.client.get(self.config.url.clone()).headers(headers);
-        let response = tokio::select! {
+        let opened = tokio::select! {
             _ = shutdown.cancelled() => return Err(Attempt::Shutdown),
-            response = tokio::time::timeout(patience, request.send()) => response,
+            opened = tokio::time::timeout(patience, self.open()) => opened,
         };
-        let response = match response {
-            Err(_) => return Err(no_response()),
-            Ok(Err(e)) => {
-                let (kind, reason) = describe_error(&e);
-                return Err(retry(kind, reason));
+        let (url, answer) = match opened {
+            Err(_) => {
+                return Err(retry(
+                    "timeout",
+                    format!(
+                        "no response within {}",
+                        humantime::format_duration(patience)
+                    ),
+                ))
             }
-            Ok(Ok(response)) => response,
+            Ok(opened) => opened?,
         };
-        self.check_answer(response.status(), response.headers())?;
-        // The body alone: the response head (its headers are slices of hyper's
-        // first read buffer, 8 KiB) would otherwise keep that buffer alive for
-        // the whole connection, next to the one the body is read into.
-        Ok(Body::Reqwest(Box::pin(response.bytes_stream())))
+        self.check_answer(answer.status, &answer.headers, &url)?;
+        let coding = decode::Coding::of(&answer.headers)
+            .map_err(|unsupported| retry("content_encoding", unsupported.to_string()))?;
+        // The head goes here: its headers may be slices of the client's first
+        // read buffer, which would otherwise stay alive for the whole
+        // connection, next to the one the body is read into.
+        Ok(Body {
+            source: answer.source,
+            decoder: decode::Decoder::new(coding),
+            source_ended: false,
+        })
+    }
+
+    /// Sends the request and follows redirects by [`redirect`]'s policy,
+    /// each hop through the client that fits its URL. Returns the URL that
+    /// answered and its answer.
+    async fn open(&self) -> Result<(Url, Answer), Attempt> {
+        let config = &self.config;
+        let mut url = http::without_user_info(&config.url);
+        let mut chain = redirect::Chain::new(
+            &config.url,
+            config.allow_insecure_redirects,
+            config.max_redirects,
+        );
+        let mut credentials = true;
+        loop {
+            let headers = http::request_headers(config, self.parser.last_event_id(), credentials);
+            let answer = if wire::eligible(&url, config.http2) {
+                let response = wire::open(&url, &headers, config.connect_timeout)
+                    .await
+                    .map_err(|e| {
+                        let (kind, reason) = e.describe();
+                        retry(kind, reason)
+                    })?;
+                Answer {
+                    status: response.status,
+                    headers: response.headers,
+                    source: Source::Lean(response.body),
+                }
+            } else {
+                let response = self
+                    .client
+                    .get(url.clone())
+                    .headers(headers)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        let (kind, reason) = describe_error(&e);
+                        retry(kind, reason)
+                    })?;
+                Answer {
+                    status: response.status(),
+                    headers: response.headers().clone(),
+                    source: Source::Reqwest(Box::pin(response.bytes_stream())),
+                }
+            };
+            let Some(next) = redirect::location(&url, answer.status, &answer.headers) else {
+                return Ok((url, answer));
+            };
+            let hop = chain
+                .follow(&url, &next)
+                .map_err(|refused| retry(refused.kind(), refused.to_string()))?;
+            tracing::debug!(
+                "stream={} {} answered HTTP {}: following the redirect to {} (hop {}, {})",
+                config.name,
+                http::redact_url(&url),
+                answer.status,
+                http::redact_url(&next),
+                chain.hops(),
+                if hop.credentials {
+                    "credentials kept: same origin"
+                } else {
+                    "credentials dropped: another origin or plain HTTP"
+                }
+            );
+            credentials = hop.credentials;
+            url = next;
+        }
     }
 
     /// Whether an answer is a 200 event stream; if not, how the attempt ends.
-    fn check_answer(&mut self, status: StatusCode, headers: &HeaderMap) -> Result<(), Attempt> {
+    fn check_answer(
+        &mut self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        url: &Url,
+    ) -> Result<(), Attempt> {
         self.metrics.http_status.set(i64::from(status.as_u16()));
         if status == StatusCode::NO_CONTENT {
             return Err(Attempt::NoContent);
@@ -295,7 +333,7 @@ impl Stream {
         tracing::info!(
             "stream={} connected to {} (HTTP {status})",
             self.config.name,
-            self.url_for_logs
+            http::redact_url(url)
         );
         Ok(())
     }
@@ -389,29 +427,36 @@ impl Stream {
     }
 }
 
-/// A 200 event-stream body being read: by the lean client of plain `http://`
-/// streams ([`wire`]), or by reqwest.
-enum Body {
+/// An answer to one request of an attempt.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    source: Source,
+}
+
+/// Where a body's bytes come from: the lean client of plain `http://`
+/// requests ([`wire`]), or reqwest. Either hands them over undecoded.
+enum Source {
     Lean(wire::Body),
     Reqwest(
         std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
     ),
 }
 
-impl Body {
-    /// Waits for the next bytes and hands the body's to `emit`; `None` once the
+impl Source {
+    /// Waits for the next bytes and hands them to `emit`; `None` once the
     /// body has ended. An error comes as the reconnect kind and reason.
     async fn read(
         &mut self,
         emit: &mut impl FnMut(&[u8]),
     ) -> Result<Option<()>, (&'static str, String)> {
         match self {
-            Body::Lean(body) => match body.read(emit).await {
+            Source::Lean(body) => match body.read(emit).await {
                 Ok(wire::Read::Bytes(_)) => Ok(Some(())),
                 Ok(wire::Read::End) => Ok(None),
                 Err(e) => Err(e.describe()),
             },
-            Body::Reqwest(body) => match body.next().await {
+            Source::Reqwest(body) => match body.next().await {
                 Some(Ok(chunk)) => {
                     emit(&chunk);
                     Ok(Some(()))
@@ -420,6 +465,60 @@ impl Body {
                 None => Ok(None),
             },
         }
+    }
+}
+
+thread_local! {
+    /// The window compressed bodies are decoded into on this thread: one per
+    /// worker thread, not one per stream.
+    static WINDOW: RefCell<Vec<u8>> = RefCell::new(vec![0; decode::WINDOW]);
+}
+
+/// A 200 event-stream body being read, decoded if it is compressed.
+struct Body {
+    source: Source,
+    /// Present for a compressed body (boxed: most streams have none).
+    decoder: Option<Box<decode::Decoder>>,
+    /// The source has ended; what the decoder still holds is handed out first.
+    source_ended: bool,
+}
+
+impl Body {
+    /// Hands the next bytes of the body to `emit`, at most one decoding
+    /// window of them for a compressed body (the socket is read again only
+    /// once all that arrived is decoded); `None` once the body has ended.
+    async fn read(
+        &mut self,
+        emit: &mut impl FnMut(&[u8]),
+    ) -> Result<Option<()>, (&'static str, String)> {
+        let Body {
+            source,
+            decoder,
+            source_ended,
+        } = self;
+        let Some(decoder) = decoder else {
+            return source.read(emit).await;
+        };
+        if decoder.wants_input() {
+            if *source_ended {
+                decoder
+                    .finish()
+                    .map_err(|e| ("body_error", format!("error reading the body: {e}")))?;
+                return Ok(None);
+            }
+            if source.read(&mut |raw| decoder.push(raw)).await?.is_none() {
+                *source_ended = true;
+            }
+        }
+        WINDOW.with_borrow_mut(|window| {
+            let n = decoder
+                .decode(window)
+                .map_err(|e| ("body_error", format!("error reading the body: {e}")))?;
+            if n > 0 {
+                emit(&window[..n]);
+            }
+            Ok(Some(()))
+        })
     }
 }
 

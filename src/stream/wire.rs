@@ -9,11 +9,15 @@
 //! with its task). It also skips hyper's body channel, one hand-off per chunk.
 //!
 //! What it covers: the request head, 1xx answers, `Content-Length`, chunked and
-//! close-delimited bodies, and `Content-Encoding: gzip`. Anything else stays
-//! with reqwest (see [`eligible`]): `https://`, HTTP/2, credentials in the URL,
-//! a proxy set in the environment. A redirect answer hands the attempt over
-//! to reqwest too ([`Opened::Redirect`]), which follows it by the configured
-//! policy.
+//! close-delimited bodies. Anything else stays with reqwest (see
+//! [`eligible`]): `https://`, HTTP/2, a proxy set in the environment. It sends
+//! one request and reads one answer: redirects are the stream's to follow
+//! ([`crate::http::redirect`]), content decoding is [`crate::http::decode`]'s,
+//! the same for both clients.
+//!
+//! The head parser ([`parse_head`]) and the body framing ([`Framing`]) take
+//! bytes, not sockets, so the fuzz target `fuzz/fuzz_targets/wire_response.rs`
+//! drives them with arbitrary input.
 
 use std::cell::RefCell;
 use std::io::{self, Write};
@@ -34,7 +38,7 @@ const HEAD_STEP: usize = 512;
 /// Bytes read from a socket at once, into the buffer of the thread reading.
 const READ_BUFFER: usize = 64 << 10;
 
-/// Whether a stream can use this client rather than reqwest.
+/// Whether a request to `url` can use this client rather than reqwest.
 pub fn eligible(url: &Url, http2: bool) -> bool {
     url.scheme() == "http"
         && !http2
@@ -59,8 +63,6 @@ pub enum WireError {
     Request(String),
     /// Reading the body.
     Body(String),
-    /// More redirects than `max_redirects`.
-    Redirects,
 }
 
 impl WireError {
@@ -70,80 +72,42 @@ impl WireError {
             WireError::Connect(e) => ("connect_error", format!("connect error: {e}")),
             WireError::Request(what) => ("request_error", format!("request error: {what}")),
             WireError::Body(what) => ("body_error", format!("error reading the body: {what}")),
-            WireError::Redirects => ("redirects", "too many redirects".to_owned()),
         }
     }
 }
 
-/// The answer to a request.
-pub enum Opened {
-    /// The status and headers, and the body to read (even if the status says
-    /// there is nothing to read: the caller decides).
-    Response {
-        status: StatusCode,
-        headers: HeaderMap,
-        body: Body,
-    },
-    /// A redirect to another origin: reqwest is to follow it.
-    Redirect,
+/// The answer to a request: its status and headers, and the body to read
+/// (even if the status says there is nothing to read: the caller decides).
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Body,
 }
 
 /// Connects to `url` and sends a GET with `headers` (which must not hold
-/// `Host`), then reads the answer's head. Redirects within the same origin
-/// are followed here, at most `max_redirects`; one to another origin is handed
-/// to reqwest (which drops credentials on the way, as it should).
+/// `Host`), then reads the answer's head.
 pub async fn open(
     url: &Url,
     headers: &HeaderMap,
     connect_timeout: Duration,
-    max_redirects: usize,
-) -> Result<Opened, WireError> {
-    let mut target = url.clone();
-    let mut followed = 0;
-    loop {
-        let mut socket = connect(&target, connect_timeout).await?;
-        let request = request_head(&target, headers);
-        socket
-            .write_all(&request)
-            .await
-            .map_err(|e| WireError::Request(format!("sending the request: {e}")))?;
-        let (status, headers, rest) = read_head(&mut socket).await?;
-        if let Some(next) = redirect_target(&target, status, &headers) {
-            if next.origin() != target.origin() || !eligible(&next, false) {
-                return Ok(Opened::Redirect);
-            }
-            if followed == max_redirects {
-                return Err(WireError::Redirects);
-            }
-            followed += 1;
-            target = next;
-            continue;
-        }
-        let framing = Framing::of(&headers)?;
-        let gzip = headers
-            .get(reqwest::header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
-        return Ok(Opened::Response {
-            status,
-            headers,
-            body: Body {
-                socket,
-                framing,
-                gzip: gzip.then(|| Box::new(flate2::write::GzDecoder::new(Vec::new()))),
-                head_rest: (!rest.is_empty()).then_some(rest),
-            },
-        });
-    }
-}
-
-/// Where a redirect answer points, for the statuses reqwest follows.
-fn redirect_target(from: &Url, status: StatusCode, headers: &HeaderMap) -> Option<Url> {
-    if ![301, 302, 303, 307, 308].contains(&status.as_u16()) {
-        return None;
-    }
-    let location = headers.get(reqwest::header::LOCATION)?.to_str().ok()?;
-    from.join(location).ok()
+) -> Result<Response, WireError> {
+    let mut socket = connect(url, connect_timeout).await?;
+    let request = request_head(url, headers);
+    socket
+        .write_all(&request)
+        .await
+        .map_err(|e| WireError::Request(format!("sending the request: {e}")))?;
+    let (status, headers, rest) = read_head(&mut socket).await?;
+    let framing = Framing::of(&headers)?;
+    Ok(Response {
+        status,
+        headers,
+        body: Body {
+            socket,
+            framing,
+            head_rest: (!rest.is_empty()).then_some(rest),
+        },
+    })
 }
 
 async fn connect(url: &Url, connect_timeout: Duration) -> Result<TcpStream, WireError> {
@@ -185,7 +149,7 @@ async fn connect(url: &Url, connect_timeout: Duration) -> Result<TcpStream, Wire
     Err(WireError::Connect(last_error))
 }
 
-/// `GET` with the path, `Host`, the user agent, gzip, and `headers`.
+/// `GET` with the path, `Host`, the user agent and `headers`.
 fn request_head(url: &Url, headers: &HeaderMap) -> Vec<u8> {
     let mut head = Vec::with_capacity(256);
     let target = match url.query() {
@@ -201,7 +165,7 @@ fn request_head(url: &Url, headers: &HeaderMap) -> Vec<u8> {
         concat!(
             "\r\nUser-Agent: sse-relay/",
             env!("CARGO_PKG_VERSION"),
-            "\r\nAccept-Encoding: gzip\r\n"
+            "\r\n"
         )
         .as_bytes(),
     );
@@ -215,6 +179,57 @@ fn request_head(url: &Url, headers: &HeaderMap) -> Vec<u8> {
     head
 }
 
+/// What the bytes received so far hold of a response head.
+#[derive(Debug)]
+pub enum Head {
+    /// Not all of it yet.
+    Partial,
+    /// A 1xx answer of this many bytes, to skip: the real answer follows.
+    Informational(usize),
+    /// The final answer's head, `length` bytes long.
+    Final {
+        status: StatusCode,
+        headers: HeaderMap,
+        length: usize,
+    },
+}
+
+/// Parses a response head at the start of `buffer`. Header fields whose name
+/// or value is not valid are left out.
+pub fn parse_head(buffer: &[u8]) -> Result<Head, WireError> {
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut fields);
+    match response.parse(buffer) {
+        Ok(httparse::Status::Complete(length)) => {
+            let code = response.code.unwrap_or(0);
+            let status = StatusCode::from_u16(code)
+                .map_err(|_| WireError::Request(format!("invalid status {code}")))?;
+            if status.is_informational() {
+                return Ok(Head::Informational(length));
+            }
+            let mut headers = HeaderMap::with_capacity(response.headers.len());
+            for field in response.headers.iter() {
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(field.name.as_bytes()),
+                    HeaderValue::from_bytes(field.value),
+                ) {
+                    headers.append(name, value);
+                }
+            }
+            Ok(Head::Final {
+                status,
+                headers,
+                length,
+            })
+        }
+        Ok(httparse::Status::Partial) if buffer.len() >= MAX_HEAD => Err(WireError::Request(
+            format!("the response head is over {} KiB", MAX_HEAD >> 10),
+        )),
+        Ok(httparse::Status::Partial) => Ok(Head::Partial),
+        Err(e) => Err(WireError::Request(format!("invalid response head: {e}"))),
+    }
+}
+
 /// Reads the head of the final answer (skipping 1xx ones); returns it and the
 /// body bytes that came with it.
 async fn read_head(socket: &mut TcpStream) -> Result<(StatusCode, HeaderMap, Vec<u8>), WireError> {
@@ -222,37 +237,17 @@ async fn read_head(socket: &mut TcpStream) -> Result<(StatusCode, HeaderMap, Vec
     // their freed head buffers behind as heap holes (RSS).
     let mut buffer = Vec::with_capacity(HEAD_STEP);
     loop {
-        let mut fields = [httparse::EMPTY_HEADER; 64];
-        let mut response = httparse::Response::new(&mut fields);
-        match response.parse(&buffer) {
-            Ok(httparse::Status::Complete(length)) => {
-                let code = response.code.unwrap_or(0);
-                let status = StatusCode::from_u16(code)
-                    .map_err(|_| WireError::Request(format!("invalid status {code}")))?;
-                if status.is_informational() {
-                    // 100 Continue and friends: the real answer follows.
-                    buffer.drain(..length);
-                    continue;
-                }
-                let mut headers = HeaderMap::with_capacity(response.headers.len());
-                for field in response.headers.iter() {
-                    if let (Ok(name), Ok(value)) = (
-                        HeaderName::from_bytes(field.name.as_bytes()),
-                        HeaderValue::from_bytes(field.value),
-                    ) {
-                        headers.append(name, value);
-                    }
-                }
-                return Ok((status, headers, buffer.split_off(length)));
+        match parse_head(&buffer)? {
+            Head::Final {
+                status,
+                headers,
+                length,
+            } => return Ok((status, headers, buffer.split_off(length))),
+            Head::Informational(length) => {
+                buffer.drain(..length);
+                continue;
             }
-            Ok(httparse::Status::Partial) => {}
-            Err(e) => return Err(WireError::Request(format!("invalid response head: {e}"))),
-        }
-        if buffer.len() >= MAX_HEAD {
-            return Err(WireError::Request(format!(
-                "the response head is over {} KiB",
-                MAX_HEAD >> 10
-            )));
+            Head::Partial => {}
         }
         buffer.reserve(HEAD_STEP);
         match socket.read_buf(&mut buffer).await {
@@ -269,7 +264,7 @@ async fn read_head(socket: &mut TcpStream) -> Result<(StatusCode, HeaderMap, Vec
 
 /// How the body's end is known (RFC 9112, section 6.3).
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Framing {
+pub enum Framing {
     Chunked(Chunked),
     Length(u64),
     /// Until the server closes the connection.
@@ -277,7 +272,8 @@ enum Framing {
 }
 
 impl Framing {
-    fn of(headers: &HeaderMap) -> Result<Framing, WireError> {
+    /// The framing the final answer's headers say.
+    pub fn of(headers: &HeaderMap) -> Result<Framing, WireError> {
         if let Some(coding) = headers
             .get_all(reqwest::header::TRANSFER_ENCODING)
             .iter()
@@ -316,7 +312,7 @@ impl Framing {
 
 /// Where a chunked body's decoder stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunked {
+pub enum Chunked {
     /// Reading a chunk-size line's hex digits.
     Size {
         value: u64,
@@ -349,7 +345,11 @@ enum Chunked {
 impl Chunked {
     /// Decodes `input`, handing the data to `emit`. Returns whether the body
     /// is complete.
-    fn decode(&mut self, mut input: &[u8], emit: &mut impl FnMut(&[u8])) -> Result<bool, String> {
+    pub fn decode(
+        &mut self,
+        mut input: &[u8],
+        emit: &mut impl FnMut(&[u8]),
+    ) -> Result<bool, String> {
         while let Some((&b, rest)) = input.split_first() {
             *self = match *self {
                 Chunked::Data { left } => {
@@ -435,8 +435,6 @@ pub enum Read {
 pub struct Body {
     socket: TcpStream,
     framing: Framing,
-    /// Present for `Content-Encoding: gzip` (boxed: most streams have none).
-    gzip: Option<Box<flate2::write::GzDecoder<Vec<u8>>>>,
     /// Body bytes that arrived with the head, handed out first.
     head_rest: Option<Vec<u8>>,
 }
@@ -474,50 +472,47 @@ impl Body {
 
     /// Decodes bytes off the wire: [`Read::End`] if they complete the body.
     fn decode(&mut self, input: &[u8], emit: &mut impl FnMut(&[u8])) -> Result<Read, WireError> {
-        let Body { framing, gzip, .. } = self;
-        let mut failed = None;
-        let mut out = |data: &[u8]| match gzip {
-            None => emit(data),
-            Some(gzip) => {
-                if failed.is_some() {
-                    return;
-                }
-                match gzip.write_all(data).and_then(|()| gzip.flush()) {
-                    Ok(()) => {
-                        let decoded = gzip.get_mut();
-                        if !decoded.is_empty() {
-                            emit(decoded);
-                            decoded.clear();
-                        }
-                    }
-                    Err(e) => failed = Some(format!("gzip: {e}")),
-                }
-            }
-        };
-        let ended = match framing {
-            Framing::Chunked(state) => state.decode(input, &mut out).map_err(WireError::Body)?,
-            Framing::Length(left) => {
-                let take = (*left).min(input.len() as u64) as usize;
-                out(&input[..take]);
-                *left -= take as u64;
-                *left == 0
-            }
-            Framing::Close => {
-                out(input);
-                false
-            }
-        };
-        match failed {
-            Some(what) => Err(WireError::Body(what)),
-            None if ended => Ok(Read::End),
-            None => Ok(Read::Bytes(input.len())),
+        if self.framing.decode(input, emit)? {
+            Ok(Read::End)
+        } else {
+            Ok(Read::Bytes(input.len()))
         }
     }
 
     /// The server closed the connection: the end of a close-delimited body, or
     /// a body cut short.
     fn end_of_input(&self) -> Result<(), WireError> {
-        match &self.framing {
+        self.framing.end_of_input()
+    }
+}
+
+impl Framing {
+    /// Hands the body's part of `input` (bytes off the wire) to `emit`;
+    /// returns whether the body is complete.
+    pub fn decode(
+        &mut self,
+        input: &[u8],
+        emit: &mut impl FnMut(&[u8]),
+    ) -> Result<bool, WireError> {
+        Ok(match self {
+            Framing::Chunked(state) => state.decode(input, emit).map_err(WireError::Body)?,
+            Framing::Length(left) => {
+                let take = (*left).min(input.len() as u64) as usize;
+                emit(&input[..take]);
+                *left -= take as u64;
+                *left == 0
+            }
+            Framing::Close => {
+                emit(input);
+                false
+            }
+        })
+    }
+
+    /// The connection closed: fine for a close-delimited body, an error for
+    /// one cut short.
+    pub fn end_of_input(&self) -> Result<(), WireError> {
+        match self {
             Framing::Close => Ok(()),
             Framing::Length(left) => Err(WireError::Body(format!(
                 "the connection closed {left} bytes before the end of the body"

@@ -1,4 +1,12 @@
-//! The HTTP side of a stream: the client, the request, and reading the answer.
+//! What streams and the webhook sink share about HTTP: clients and TLS setup,
+//! request headers, reading an answer's headers, and the policies that keep
+//! credentials safe ([`redirect`], [`redact`]) and memory bounded ([`decode`]).
+
+pub mod decode;
+pub mod redact;
+pub mod redirect;
+
+pub use redact::redact_url;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -33,7 +41,6 @@ pub fn build_client(config: &StreamConfig) -> Result<Client, String> {
     };
     let key = ClientKey {
         connect_timeout: config.connect_timeout,
-        max_redirects: config.max_redirects,
         ca_pem,
         tls_insecure: config.tls_insecure,
     };
@@ -54,7 +61,6 @@ pub fn build_client(config: &StreamConfig) -> Result<Client, String> {
 #[derive(Hash, PartialEq, Eq)]
 struct ClientKey {
     connect_timeout: Duration,
-    max_redirects: usize,
     ca_pem: Option<Vec<u8>>,
     tls_insecure: bool,
 }
@@ -63,7 +69,8 @@ fn new_client(config: &StreamConfig) -> Result<Client, String> {
     let mut builder = Client::builder()
         .user_agent(concat!("sse-relay/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(config.connect_timeout)
-        .redirect(reqwest::redirect::Policy::limited(config.max_redirects))
+        // Streams follow redirects themselves, by [`redirect`]'s policy.
+        .redirect(reqwest::redirect::Policy::none())
         .tcp_keepalive(Duration::from_secs(30))
         .tcp_nodelay(true)
         // One connection at a time; nothing to keep idle.
@@ -102,14 +109,30 @@ pub fn with_tls(
     Ok(builder)
 }
 
-/// The request headers for one attempt.
-pub fn request_headers(config: &StreamConfig, last_event_id: &str) -> HeaderMap {
-    let mut headers = config.headers.clone();
+/// The request headers for one request of an attempt. `credentials` says
+/// whether the stream's configured headers and the `Authorization` derived
+/// from its URL's user info go along (see [`redirect`]).
+pub fn request_headers(config: &StreamConfig, last_event_id: &str, credentials: bool) -> HeaderMap {
+    let mut headers = if credentials {
+        let mut headers = config.headers.clone();
+        if let Some(basic) = basic_auth(&config.url) {
+            if !headers.contains_key(header::AUTHORIZATION) {
+                headers.insert(header::AUTHORIZATION, basic);
+            }
+        }
+        headers
+    } else {
+        HeaderMap::new()
+    };
     headers.insert(
         header::ACCEPT,
         HeaderValue::from_static("text/event-stream"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static(decode::ACCEPT_ENCODING),
+    );
     if !last_event_id.is_empty() {
         // A non-ASCII id goes out as its UTF-8 bytes.
         match HeaderValue::from_bytes(last_event_id.as_bytes()) {
@@ -147,42 +170,36 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     )
 }
 
-/// The URL as logs may show it: no user or password, and the values of
-/// query parameters that look like credentials replaced with `REDACTED`.
-pub fn redact_url(url: &Url) -> String {
+/// `Authorization: Basic` from the URL's user info (percent-decoded, as
+/// browsers send it), marked sensitive.
+pub fn basic_auth(url: &Url) -> Option<HeaderValue> {
+    use base64::Engine as _;
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let pair = format!(
+        "{}:{}",
+        decode(url.username()),
+        decode(url.password().unwrap_or_default())
+    );
+    let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// The URL a request goes to: without user info, which travels as a header
+/// (and only where the redirect policy allows).
+pub fn without_user_info(url: &Url) -> Url {
     let mut url = url.clone();
     let _ = url.set_username("");
     let _ = url.set_password(None);
-    if url.query().is_some() {
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(k, v)| {
-                let lower = k.to_ascii_lowercase();
-                let secret = [
-                    "token",
-                    "key",
-                    "secret",
-                    "pass",
-                    "auth",
-                    "sig",
-                    "credential",
-                    "session",
-                ]
-                .iter()
-                .any(|s| lower.contains(s));
-                (
-                    k.into_owned(),
-                    if secret {
-                        "REDACTED".into()
-                    } else {
-                        v.into_owned()
-                    },
-                )
-            })
-            .collect();
-        url.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    url.to_string()
+    url
 }
 
 #[cfg(test)]
@@ -219,13 +236,13 @@ mod tests {
     }
 
     #[test]
-    fn urls_in_logs_carry_no_credentials() {
-        let url = Url::parse("https://user:pw@example.com/s?access_token=abc&topic=x").unwrap();
-        let shown = redact_url(&url);
-        assert!(
-            !shown.contains("pw") && !shown.contains("user") && !shown.contains("abc"),
-            "{shown}"
-        );
-        assert!(shown.contains("topic=x"), "{shown}");
+    fn user_info_becomes_basic_auth() {
+        let url = Url::parse("http://us%20er:p%40ss@h/").unwrap();
+        let value = basic_auth(&url).unwrap();
+        assert!(value.is_sensitive());
+        // base64("us er:p@ss")
+        assert_eq!(value.to_str().unwrap(), "Basic dXMgZXI6cEBzcw==");
+        assert!(basic_auth(&Url::parse("http://h/").unwrap()).is_none());
+        assert_eq!(without_user_info(&url).as_str(), "http://h/");
     }
 }
