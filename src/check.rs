@@ -4,6 +4,7 @@ use std::fmt::Write;
 use std::path::Path;
 
 use crate::config::{Config, Encoding, SinkKind, WebhookConfig};
+use crate::http::redact::url_has_credentials;
 use crate::http::redact_url;
 
 /// A human summary of `config`: streams, sinks, routes, then warnings.
@@ -83,6 +84,18 @@ pub fn summary(path: &Path, config: &Config) -> String {
                 stream.name
             ));
         }
+        if stream.url.scheme() == "http" && url_has_credentials(&stream.url) {
+            warnings.push(format!(
+                "stream `{}` has credentials in a plain http:// URL (user info or a parameter named like a secret): they travel unencrypted",
+                stream.name
+            ));
+        }
+        if stream.allow_insecure_redirects {
+            warnings.push(format!(
+                "stream `{}` has allow_insecure_redirects = true: a redirect may take it from HTTPS to plain HTTP (its credentials stay behind)",
+                stream.name
+            ));
+        }
         if let Some(ca_file) = &stream.ca_file {
             if let Err(e) = std::fs::metadata(ca_file) {
                 warnings.push(format!(
@@ -109,6 +122,12 @@ pub fn summary(path: &Path, config: &Config) -> String {
                 sink.name
             ));
         }
+        if webhook.url.scheme() == "http" && url_has_credentials(&webhook.url) {
+            warnings.push(format!(
+                "sink `{}` has credentials in a plain http:// URL (user info or a parameter named like a secret): they travel unencrypted",
+                sink.name
+            ));
+        }
         if webhook.dead_letter_path.is_none() {
             warnings.push(format!(
                 "sink `{}` has no dead_letter_path: batches its receiver rejects with a 4xx are logged and dropped",
@@ -123,6 +142,14 @@ pub fn summary(path: &Path, config: &Config) -> String {
                     ca_file.display()
                 ));
             }
+        }
+    }
+    if let Some(metrics) = &config.metrics {
+        if !metrics.listen.ip().is_loopback() {
+            warnings.push(format!(
+                "[metrics] listen = \"{}\" is not a loopback address: anyone who can reach it reads /metrics and /health (stream names, sink names, URLs' hosts); put it on 127.0.0.1 or behind a firewall",
+                metrics.listen
+            ));
         }
     }
     if !warnings.is_empty() {

@@ -17,8 +17,8 @@
 //! [`crate::nats::KvCheckpoints`]) behind one interface; the value stored there
 //! is the same JSON as the file.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -65,7 +65,7 @@ impl CheckpointStore {
     /// Opens (creating if needed) `<data_dir>/checkpoints`.
     pub fn open(data_dir: &Path) -> Result<Self, CheckpointError> {
         let dir = data_dir.join("checkpoints");
-        fs::create_dir_all(&dir).map_err(|e| CheckpointError {
+        crate::files::create_dir_all(&dir).map_err(|e| CheckpointError {
             path: dir.clone(),
             problem: format!("cannot create the checkpoint directory: {e}"),
             help:
@@ -103,15 +103,9 @@ impl CheckpointStore {
     /// Atomically replaces the checkpoint of `stream`.
     pub fn save(&self, stream: &str, last_event_id: &str) -> io::Result<()> {
         let bytes = encode(stream, last_event_id)?;
-        let path = self.path(stream);
-        let tmp = self.dir.join(format!(".{stream}.json.tmp"));
-        {
-            let mut file = File::create(&tmp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-        }
-        fs::rename(&tmp, &path)?;
-        File::open(&self.dir)?.sync_all()
+        // An exclusive, randomly named temporary file: a symlink planted in
+        // the directory is never followed.
+        crate::files::replace(&self.path(stream), &bytes, crate::files::STATE_MODE)
     }
 }
 

@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod escape;
+pub mod files;
 pub mod http;
 pub mod metrics;
 pub mod nats;

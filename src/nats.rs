@@ -16,13 +16,7 @@ use crate::config::NatsConnection;
 
 /// `nats://user:pass@host:4222` as logs may show it: `nats://host:4222`.
 pub fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-            format!("{scheme}://{host}")
-        }
-        None => url.to_owned(),
-    }
+    crate::http::redact::redact_url_text(url)
 }
 
 /// The configured servers as logs may show them.

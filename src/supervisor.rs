@@ -354,16 +354,30 @@ impl Supervisor<'_> {
                 fsync,
                 fsync_interval,
             } => {
-                let sink =
-                    FileSink::new(&config.name, path, config.encoding, *fsync, *fsync_interval);
+                let (limits, longest_name) = self.record_bounds(config);
+                let torn = crate::sink::file::torn_tail(config.encoding, limits, longest_name);
+                let sink = FileSink::new(
+                    &config.name,
+                    path,
+                    config.encoding,
+                    *fsync,
+                    *fsync_interval,
+                    torn,
+                );
                 tokio::spawn(sink::run(sink, task))
             }
             SinkKind::Webhook(webhook) => {
-                let sink = WebhookSink::new(&config.name, webhook.clone(), config.encoding)
-                    .map_err(|problem| RunError::Sink {
-                        sink: config.name.clone(),
-                        problem,
-                    })?;
+                let (limits, longest_name) = self.record_bounds(config);
+                let sink = WebhookSink::new(
+                    &config.name,
+                    webhook.clone(),
+                    config.encoding,
+                    crate::sink::webhook::dead_letter_torn_tail(limits, longest_name),
+                )
+                .map_err(|problem| RunError::Sink {
+                    sink: config.name.clone(),
+                    problem,
+                })?;
                 tokio::spawn(sink::run(sink, task))
             }
             SinkKind::Nats(nats) => {
@@ -382,6 +396,24 @@ impl Supervisor<'_> {
             },
         );
         Ok(())
+    }
+
+    /// The largest limits, and the longest name, among the streams `sink`
+    /// takes: what bounds the records it can write.
+    fn record_bounds(&self, sink: &SinkConfig) -> (crate::sse::Limits, usize) {
+        let mut limits = crate::sse::Limits {
+            max_line_bytes: 0,
+            max_event_bytes: 0,
+        };
+        let mut longest = 0;
+        for stream in self.config.streams.values() {
+            if sink.takes_stream(&stream.name) {
+                limits.max_line_bytes = limits.max_line_bytes.max(stream.limits.max_line_bytes);
+                limits.max_event_bytes = limits.max_event_bytes.max(stream.limits.max_event_bytes);
+                longest = longest.max(stream.name.len());
+            }
+        }
+        (limits, longest)
     }
 
     /// The sinks of the current configuration that take `stream`.

@@ -1312,7 +1312,13 @@ impl Validator<'_> {
             let scheme = text.split_once("://").map(|(scheme, _)| scheme);
             if !matches!(scheme, Some("nats" | "tls")) {
                 return Err(self
-                    .error(value.span(), format!("unsupported NATS url `{text}`"))
+                    .error(
+                        value.span(),
+                        format!(
+                            "unsupported NATS url `{}`",
+                            crate::http::redact::redact_url_text(&text)
+                        ),
+                    )
                     .with_key("url")
                     .with_help("write nats://host:port, or tls://host:port for TLS"));
             }

@@ -11,18 +11,22 @@
 //! stream keeps parsing while a batch is written, and one buffer per file is
 //! reused from batch to batch. A write that fails part-way (disk full) is resumed from the byte where
 //! it stopped, so a retry never duplicates or tears a line. A line torn by a
-//! crash (the process died mid-write) is cut off when the file is next opened:
-//! its event was never acknowledged, so the server sends it again.
+//! crash (the process died mid-write) is cut off when the file is next opened,
+//! but only if it is a prefix of a record this sink could have written
+//! ([`torn_tail`]): its event was never acknowledged, so the server sends it
+//! again. Anything else at the end of a file is kept (see [`crate::files`]).
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{Batching, Delivery, Sink, Written};
 use crate::config::{Encoding, FsyncPolicy};
+use crate::files::{self, Tail, TornTail};
 use crate::record::RecordRef;
+use crate::sse::Limits;
 
 /// The most record bytes (data and id) in one batch. Writes this large cost
 /// one syscall per ~half a MiB; larger buffers fall out of the CPU cache and
@@ -41,6 +45,7 @@ pub struct FileSink {
 struct Files {
     sink: String,
     template: String,
+    torn: TornTail,
     encoding: Encoding,
     fsync: FsyncPolicy,
     open: HashMap<PathBuf, File>,
@@ -67,11 +72,13 @@ impl FileSink {
         encoding: Encoding,
         fsync: FsyncPolicy,
         fsync_interval: Duration,
+        torn: TornTail,
     ) -> Self {
         FileSink {
             files: Some(Box::new(Files {
                 sink: sink.to_owned(),
                 template: template.to_owned(),
+                torn,
                 encoding,
                 fsync,
                 open: HashMap::new(),
@@ -173,7 +180,7 @@ impl Files {
             if *written == bytes.len() {
                 continue;
             }
-            let file = open(&mut self.open, &self.sink, path)?;
+            let file = open(&mut self.open, &self.sink, path, self.torn)?;
             while *written < bytes.len() {
                 match file.write(&bytes[*written..]) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -194,7 +201,7 @@ impl Files {
             FsyncPolicy::Never => Written::Durable,
             FsyncPolicy::EveryBatch => {
                 for p in &self.pending {
-                    let file = open(&mut self.open, &self.sink, &p.path)?;
+                    let file = open(&mut self.open, &self.sink, &p.path, self.torn)?;
                     file.sync_data().map_err(|e| {
                         io::Error::new(e.kind(), format!("fsync {}: {e}", p.path.display()))
                     })?;
@@ -248,7 +255,7 @@ impl Files {
 
     fn sync(&mut self) -> io::Result<()> {
         for path in self.unsynced.clone() {
-            let file = open(&mut self.open, &self.sink, &path)?;
+            let file = open(&mut self.open, &self.sink, &path, self.torn)?;
             file.sync_data()
                 .map_err(|e| io::Error::new(e.kind(), format!("fsync {}: {e}", path.display())))?;
             self.unsynced.remove(&path);
@@ -264,14 +271,34 @@ pub(super) fn record_bytes(record: &RecordRef<'_>) -> usize {
     record.data.len() + record.id.len()
 }
 
+/// What a line this sink tore can look like, for streams within `limits`:
+/// for JSON records, a prefix of `{"stream":` no longer than the largest
+/// record (every byte of data, id and type escaped as `\u00XX`, the stream
+/// name likewise, plus the keys and timestamp); for data lines, any text no
+/// longer than the largest event.
+pub fn torn_tail(encoding: Encoding, limits: Limits, longest_stream_name: usize) -> TornTail {
+    let text = limits.max_event_bytes as u64 + 2 * limits.max_line_bytes as u64;
+    match encoding {
+        Encoding::Json | Encoding::Ndjson => TornTail {
+            prefix: b"{\"stream\":",
+            max_bytes: 6 * (text + longest_stream_name as u64) + 128,
+        },
+        Encoding::Data => TornTail {
+            prefix: b"",
+            max_bytes: limits.max_event_bytes as u64 + 1,
+        },
+    }
+}
+
 /// The open handle for `path`, opening (and repairing) it on first use.
 fn open<'a>(
     open: &'a mut HashMap<PathBuf, File>,
     sink: &str,
     path: &Path,
+    torn: TornTail,
 ) -> io::Result<&'a mut File> {
     if !open.contains_key(path) {
-        let file = open_for_append(sink, path).map_err(|e| {
+        let file = open_for_append(sink, path, torn).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
         })?;
         open.insert(path.to_owned(), file);
@@ -279,82 +306,22 @@ fn open<'a>(
     Ok(open.get_mut(path).expect("inserted above"))
 }
 
-/// Opens `path` for appending, creating it and its directory if needed, and
-/// cuts off a torn final line.
-pub(super) fn open_for_append(sink: &str, path: &Path) -> io::Result<File> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut file = OpenOptions::new()
-        .create(true)
-        .read(true)
-        .append(true)
-        .open(path)?;
-    let removed = cut_torn_line(&mut file)?;
-    if removed > 0 {
-        tracing::warn!(
+/// Opens `path` for appending (see [`files::open_append`]) and says what it
+/// did to the file's end.
+pub(super) fn open_for_append(sink: &str, path: &Path, torn: TornTail) -> io::Result<File> {
+    let (file, tail) = files::open_append(path, torn)?;
+    match tail {
+        Tail::Clean => {}
+        Tail::Cut(removed) => tracing::warn!(
             sink = %sink,
-            "{}: removed a torn final line ({removed} bytes) left by a crash; its event was never acknowledged and will be sent again",
+            "{}: removed a torn final line ({removed} bytes, part of a record whose write was interrupted); its event was never acknowledged and will be sent again",
             path.display()
-        );
+        ),
+        Tail::Kept(kept) => tracing::warn!(
+            sink = %sink,
+            "{}: the file did not end with a newline, and its last {kept} bytes are not a record this relay could have written: kept them as they are; new records start on the next line",
+            path.display()
+        ),
     }
     Ok(file)
-}
-
-/// If the file does not end with `\n`, truncates it after its last `\n`.
-/// Returns how many bytes were removed.
-fn cut_torn_line(file: &mut File) -> io::Result<u64> {
-    let len = file.metadata()?.len();
-    if len == 0 {
-        return Ok(0);
-    }
-    let mut block = vec![0u8; 64 << 10];
-    let mut end = len;
-    let mut checked_last_byte = false;
-    while end > 0 {
-        let start = end.saturating_sub(block.len() as u64);
-        let chunk = &mut block[..(end - start) as usize];
-        file.seek(SeekFrom::Start(start))?;
-        file.read_exact(chunk)?;
-        if !checked_last_byte {
-            if chunk.last() == Some(&b'\n') {
-                return Ok(0);
-            }
-            checked_last_byte = true;
-        }
-        if let Some(i) = memchr::memrchr(b'\n', chunk) {
-            let keep = start + i as u64 + 1;
-            file.set_len(keep)?;
-            return Ok(len - keep);
-        }
-        end = start;
-    }
-    file.set_len(0)?;
-    Ok(len)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn torn_final_line_is_cut_and_whole_lines_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.jsonl");
-        std::fs::write(&path, "{\"a\":1}\n{\"a\":2}\n{\"a\":").unwrap();
-        drop(open_for_append("t", &path).unwrap());
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            "{\"a\":1}\n{\"a\":2}\n"
-        );
-        drop(open_for_append("t", &path).unwrap());
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            "{\"a\":1}\n{\"a\":2}\n"
-        );
-        let long = "x".repeat(200_000);
-        std::fs::write(&path, format!("ok\n{long}")).unwrap();
-        drop(open_for_append("t", &path).unwrap());
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "ok\n");
-    }
 }

@@ -18,10 +18,10 @@
 //! * a sink whose writes become durable later (periodic fsync) has its
 //!   acknowledgements held until [`Sink::sync`] says so.
 
-mod file;
+pub mod file;
 pub mod nats;
 mod stdout;
-mod webhook;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -36,6 +36,7 @@ use sha2::Sha256;
 
 use super::{Batching, Delivery, Sink, Written};
 use crate::config::{Compression, Encoding, WebhookConfig};
+use crate::files::TornTail;
 use crate::http::{redact_url, retry_after, with_tls};
 use crate::record::{write_json_string, RecordRef};
 use crate::stream::backoff::Backoff;
@@ -44,7 +45,6 @@ pub const TIMESTAMP_HEADER: &str = "x-sse-relay-timestamp";
 pub const SIGNATURE_HEADER: &str = "x-sse-relay-signature";
 
 /// How much of a receiver's answer is kept for logs and dead letters.
-const DETAIL_BYTES: usize = 512;
 /// How much of an answer is read at most; the rest is not worth the memory.
 const READ_LIMIT: usize = 64 << 10;
 
@@ -66,6 +66,8 @@ pub struct WebhookSink {
     /// The dead-letter file's length before the current batch, once known, so
     /// a retry replaces a partly written batch instead of adding to it.
     dead_letter_start: Option<u64>,
+    /// What a dead letter torn by an interrupted write looks like.
+    dead_letter_torn: TornTail,
 }
 
 struct Rejection {
@@ -80,11 +82,24 @@ enum Outcome {
 }
 
 impl WebhookSink {
+    /// Every configured secret value, for masking in what the receiver says.
+    fn secrets(&self) -> Vec<&[u8]> {
+        let mut secrets: Vec<&[u8]> = self.config.headers.values().map(|v| v.as_bytes()).collect();
+        if let Some(secret) = &self.config.secret {
+            secrets.push(secret.expose());
+        }
+        if let Some(password) = self.config.url.password() {
+            secrets.push(password.as_bytes());
+        }
+        secrets
+    }
+
     /// Builds the sink and its HTTP client; fails if the `ca_file` is unusable.
     pub fn new(
         name: &str,
         config: Box<WebhookConfig>,
         encoding: Encoding,
+        dead_letter_torn: TornTail,
     ) -> Result<WebhookSink, String> {
         let builder = Client::builder()
             .user_agent(concat!("sse-relay/", env!("CARGO_PKG_VERSION")))
@@ -106,6 +121,7 @@ impl WebhookSink {
         }
         Ok(WebhookSink {
             name: name.to_owned(),
+            dead_letter_torn,
             backoff: Backoff::new(config.backoff_initial, config.backoff_max, config.retry_max),
             config,
             encoding,
@@ -197,7 +213,7 @@ impl WebhookSink {
         })?;
         let status = response.status();
         let retry_after_header = retry_after(response.headers());
-        let detail = read_detail(response).await;
+        let detail = read_detail(response, &self.secrets()).await;
         if status.is_success() {
             return Ok(Outcome::Accepted);
         }
@@ -250,9 +266,10 @@ impl WebhookSink {
             lines.extend_from_slice(b"}\n");
         }
         let name = self.name.clone();
+        let torn = self.dead_letter_torn;
         let mut start = self.dead_letter_start;
         let (start, result) = tokio::task::spawn_blocking(move || {
-            let result = append_batch(&name, &path, &mut start, &lines).map_err(|e| {
+            let result = append_batch(&name, &path, torn, &mut start, &lines).map_err(|e| {
                 io::Error::new(
                     e.kind(),
                     format!("dead-letter file {}: {e}", path.display()),
@@ -349,16 +366,28 @@ impl Sink for WebhookSink {
     }
 }
 
+/// What a dead letter torn by an interrupted write can look like: a prefix of
+/// `{"sink":`, no longer than the largest record escaped, plus the response
+/// detail and the keys.
+pub fn dead_letter_torn_tail(limits: crate::sse::Limits, longest_stream_name: usize) -> TornTail {
+    let record = super::file::torn_tail(Encoding::Json, limits, longest_stream_name);
+    TornTail {
+        prefix: b"{\"sink\":",
+        max_bytes: record.max_bytes + 6 * (crate::http::redact::BODY_PREVIEW_BYTES as u64 + 200),
+    }
+}
+
 /// Appends `lines` to the file at `path` and fsyncs it. `start` is where this
 /// batch begins in the file: set on the first attempt, and on a retry
 /// everything after it (a partial copy from the failed attempt) is cut first.
 fn append_batch(
     sink: &str,
     path: &std::path::Path,
+    torn: TornTail,
     start: &mut Option<u64>,
     lines: &[u8],
 ) -> io::Result<()> {
-    let mut file = super::file::open_for_append(sink, path)?;
+    let mut file = super::file::open_for_append(sink, path, torn)?;
     let len = file.seek(io::SeekFrom::End(0))?;
     match *start {
         Some(at) if at <= len => file.set_len(at)?,
@@ -392,9 +421,10 @@ fn sign(secret: &[u8], timestamp: &str, body: &[u8]) -> io::Result<String> {
     ))
 }
 
-/// The start of the answer's body, for logs: enough to see the receiver's
-/// reason, never the whole of a large page.
-async fn read_detail(mut response: reqwest::Response) -> String {
+/// The start of the answer's body, for logs and dead letters: enough to see
+/// the receiver's reason, never a whole page, and with every configured
+/// secret masked (a receiver may echo the request's headers back).
+async fn read_detail(mut response: reqwest::Response, secrets: &[&[u8]]) -> String {
     let mut body = Vec::new();
     // A 2xx whose body fails to arrive was still accepted; errors here only
     // shorten the detail.
@@ -404,17 +434,8 @@ async fn read_detail(mut response: reqwest::Response) -> String {
             _ => break,
         }
     }
-    let end = body.len().min(DETAIL_BYTES);
-    let text = String::from_utf8_lossy(&body[..end]);
-    let text = text.trim();
-    let mut detail: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if body.len() > DETAIL_BYTES {
-        detail.push('…');
-    }
-    detail
+    let trimmed = body.trim_ascii();
+    crate::http::redact::body_preview(trimmed, secrets)
 }
 
 /// A reqwest error in words, without the URL (it may carry credentials; the
