@@ -96,15 +96,6 @@ pub fn summary(path: &Path, config: &Config) -> String {
                 stream.name
             ));
         }
-        if let Some(ca_file) = &stream.ca_file {
-            if let Err(e) = std::fs::metadata(ca_file) {
-                warnings.push(format!(
-                    "stream `{}`: ca_file {}: {e}",
-                    stream.name,
-                    ca_file.display()
-                ));
-            }
-        }
     }
     for sink in config.sinks.values() {
         let SinkKind::Webhook(webhook) = &sink.kind else {
@@ -133,15 +124,6 @@ pub fn summary(path: &Path, config: &Config) -> String {
                 "sink `{}` has no dead_letter_path: batches its receiver rejects with a 4xx are logged and dropped",
                 sink.name
             ));
-        }
-        if let Some(ca_file) = &webhook.ca_file {
-            if let Err(e) = std::fs::metadata(ca_file) {
-                warnings.push(format!(
-                    "sink `{}`: ca_file {}: {e}",
-                    sink.name,
-                    ca_file.display()
-                ));
-            }
         }
     }
     if let Some(metrics) = &config.metrics {

@@ -204,6 +204,10 @@ pub struct Tracked {
     pub saved: Arc<str>,
     /// Set to the Unix time of each save, for the checkpoint-age metric.
     pub saved_at: crate::metrics::SecondsGauge,
+    /// Counts failed saves (`sse_relay_checkpoint_save_errors_total`).
+    pub save_errors: prometheus_client::metrics::counter::Counter,
+    /// Set while the latest save failed, for `/health`.
+    pub failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Tracked {
@@ -218,12 +222,19 @@ impl Tracked {
             Ok(()) => {
                 self.saved = current;
                 self.saved_at.set(crate::metrics::unix_now());
+                self.failing
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
             }
-            Err(e) => tracing::warn!(
-                stream = %self.stream,
-                "cannot save checkpoint to {}: {e}; retrying at the next interval",
-                store.describe(&self.stream)
-            ),
+            Err(e) => {
+                self.save_errors.inc();
+                self.failing
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    stream = %self.stream,
+                    "cannot save checkpoint to {}: {e}; retrying at the next interval",
+                    store.describe(&self.stream)
+                )
+            }
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod http;
 pub mod metrics;
 pub mod nats;
 pub mod notify;
+pub mod prepare;
 pub mod record;
 pub mod route;
 pub mod sink;

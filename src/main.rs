@@ -103,7 +103,12 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         match cli.command {
             Command::Run { config } => run(config).await,
-            Command::Check { config } => match Config::load(&config) {
+            Command::Check { config } => match Config::load(&config)
+                .map_err(|e| e.to_string())
+                .and_then(|loaded| {
+                    sse_relay::prepare::prepare(&loaded, sse_relay::prepare::Mode::Check)
+                        .map(|()| loaded)
+                }) {
                 Ok(loaded) => {
                     use std::io::Write;
                     // Not print!: a closed stdout (`check | head`) must not panic.
@@ -173,10 +178,20 @@ async fn relay(
     let result = supervisor::run_with_reload(config, checkpoints, shutdown, reloader).await;
     signals.abort();
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(outcome) if outcome.clean() => ExitCode::SUCCESS,
+        // The log has said what (per sink, per stream); systemd's
+        // Restart=on-failure brings the daemon back, and the checkpoint makes
+        // the server send again what was not acknowledged.
+        Ok(outcome) if !outcome.unacknowledged.is_empty() => ExitCode::from(EXIT_UNACKNOWLEDGED),
+        Ok(_) => ExitCode::from(EXIT_GAVE_UP),
         Err(e) => fail(e),
     }
 }
+
+/// Exit status: the daemon stopped with events read but not acknowledged.
+const EXIT_UNACKNOWLEDGED: u8 = 3;
+/// Exit status: every stream stopped and at least one gave up (give_up_after).
+const EXIT_GAVE_UP: u8 = 4;
 
 /// First SIGTERM/SIGINT: drain and exit. Second: stop waiting. SIGHUP: reload.
 async fn watch_signals(shutdown: Shutdown) {

@@ -6,11 +6,15 @@
 //! since the last event", "checkpoint age") are computed at scrape time from
 //! stored timestamps, so they keep growing while nothing happens.
 //!
-//! `GET /metrics` serves the text exposition format; `GET /health` answers 200
-//! while the daemon runs and 503 while it is starting or draining.
+//! `GET /metrics` serves the text exposition format. `GET /health` answers 200
+//! only while the daemon runs normally: every stream connected or in ordinary
+//! backoff, no sink failing for longer than [`SINK_UNHEALTHY_AFTER`], and no
+//! stream's latest checkpoint save failed. Otherwise 503, with a JSON body
+//! naming each unhealthy stream, sink or checkpoint and why. A reload is not
+//! unhealthy.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -69,6 +73,37 @@ pub enum Connection {
     Connected = 1,
     Reconnecting = 2,
     Stopped = 3,
+    /// Stopped by `give_up_after`: an operator has to look.
+    GaveUp = 4,
+}
+
+/// How long a sink may fail every write before `/health` says so.
+pub const SINK_UNHEALTHY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Every reconnect reason word, so a removed stream's series can all go.
+const RECONNECT_REASONS: &[&str] = &[
+    "closed",
+    "idle_timeout",
+    "http_status",
+    "content_type",
+    "content_encoding",
+    "timeout",
+    "connect_error",
+    "request_error",
+    "body_error",
+    "redirects",
+    "insecure_redirect",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `ok` or `refused`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub version: &'static str,
 }
 
 /// Every metric of the daemon.
@@ -91,6 +126,11 @@ pub struct Metrics {
     sink_retries: Family<SinkLabel, Counter>,
     sink_dropped: Family<SinkLabel, Counter>,
     sink_queue_depth: Family<SinkLabel, Gauge>,
+    stream_up: Family<StreamLabel, Gauge>,
+    checkpoint_save_errors: Family<StreamLabel, Counter>,
+    config_reloads: Family<ResultLabel, Counter>,
+    build_info: Family<VersionLabel, Gauge>,
+    sinks: Mutex<Vec<SinkEntry>>,
     /// The running streams, for the status line and the ages computed at scrape.
     streams: Mutex<Vec<StreamEntry>>,
 }
@@ -123,6 +163,11 @@ impl Metrics {
             sink_retries: Family::default(),
             sink_dropped: Family::default(),
             sink_queue_depth: Family::default(),
+            stream_up: Family::default(),
+            checkpoint_save_errors: Family::default(),
+            config_reloads: Family::default(),
+            build_info: Family::default(),
+            sinks: Mutex::new(Vec::new()),
             streams: Mutex::new(Vec::new()),
         };
         let m = &metrics;
@@ -203,9 +248,34 @@ impl Metrics {
         );
         registry.register(
             "sink_queue_depth",
-            "Events waiting in the sink's queue",
+            "Events given to the sink (queued or being written) and not yet acknowledged",
             m.sink_queue_depth.clone(),
         );
+        registry.register(
+            "stream_up",
+            "1 while the stream runs (connected or in ordinary backoff), 0 once stopped (204 or give_up_after)",
+            m.stream_up.clone(),
+        );
+        registry.register(
+            "checkpoint_save_errors",
+            "Checkpoint saves that failed",
+            m.checkpoint_save_errors.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads, by result (ok, refused)",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "build_info",
+            "1, labelled with the version of this build",
+            m.build_info.clone(),
+        );
+        m.build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
         Metrics {
             registry,
             ..metrics
@@ -235,6 +305,9 @@ impl Metrics {
             last_event.set(unix_now());
         }
         let checkpoint_saved = self.checkpoint_saved.get_or_create_owned(&label);
+        let checkpoint_failing = Arc::new(AtomicBool::new(false));
+        let up = self.stream_up.get_or_create_owned(&label);
+        up.set(1);
         let mut streams = self.lock_streams();
         streams.retain(|s| s.label != label);
         streams.push(StreamEntry {
@@ -242,6 +315,7 @@ impl Metrics {
             state: state.clone(),
             last_event: last_event.clone(),
             checkpoint_saved: checkpoint_saved.clone(),
+            checkpoint_failing: checkpoint_failing.clone(),
         });
         drop(streams);
         StreamMetrics {
@@ -253,9 +327,63 @@ impl Metrics {
             retry_delay: self.stream_retry_delay.get_or_create_owned(&label),
             http_status: self.stream_http_status.get_or_create_owned(&label),
             checkpoint_saved,
+            checkpoint_save_errors: self.checkpoint_save_errors.get_or_create_owned(&label),
+            checkpoint_failing,
+            up,
             state,
             name: label.stream,
             metrics: self.clone(),
+        }
+    }
+
+    /// A reload ended: applied (`true`) or refused.
+    pub fn reloaded(&self, applied: bool) {
+        let result = if applied { "ok" } else { "refused" };
+        self.config_reloads
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// What `/health` says: `None` when healthy, else the problems.
+    pub fn health(&self) -> Result<(), Vec<(String, String, String)>> {
+        let mut problems = Vec::new();
+        match self.stage() {
+            Stage::Running => {}
+            Stage::Starting => problems.push(("daemon".into(), "".into(), "starting".into())),
+            Stage::Draining => problems.push(("daemon".into(), "".into(), "draining".into())),
+        }
+        for entry in self.lock_streams().iter() {
+            let name = entry.label.stream.0.to_string();
+            if entry.state.load(Ordering::Relaxed) == Connection::GaveUp as u8 {
+                problems.push((
+                    "stream".into(),
+                    name.clone(),
+                    "gave up after repeated refusals (give_up_after); reload or restart to try again".into(),
+                ));
+            }
+            if entry.checkpoint_failing.load(Ordering::Relaxed) {
+                problems.push((
+                    "checkpoint".into(),
+                    name,
+                    "the latest checkpoint save failed (see the log)".into(),
+                ));
+            }
+        }
+        let now = unix_now();
+        for sink in lock(&self.sinks).iter() {
+            let since = f64::from_bits(sink.failing_since.load(Ordering::Relaxed));
+            if since > 0.0 && now - since >= SINK_UNHEALTHY_AFTER.as_secs_f64() {
+                problems.push((
+                    "sink".into(),
+                    sink.name.clone(),
+                    format!("every write has failed for {:.0}s", now - since),
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
         }
     }
 
@@ -273,6 +401,14 @@ impl Metrics {
         }
         self.stream_connected.remove(&label);
         self.stream_http_status.remove(&label);
+        self.stream_up.remove(&label);
+        self.checkpoint_save_errors.remove(&label);
+        for reason in RECONNECT_REASONS {
+            self.stream_reconnects.remove(&ReconnectLabels {
+                stream: label.stream.clone(),
+                reason,
+            });
+        }
         for family in [
             &self.stream_last_event,
             &self.stream_since_last_event,
@@ -301,6 +437,16 @@ impl Metrics {
             retries: self.sink_retries.get_or_create_owned(&label),
             dropped: self.sink_dropped.get_or_create_owned(&label),
             queue_depth: self.sink_queue_depth.get_or_create_owned(&label),
+            failing_since: {
+                let mut sinks = lock(&self.sinks);
+                sinks.retain(|s| s.name != name);
+                let failing_since = Arc::new(AtomicU64::new(0));
+                sinks.push(SinkEntry {
+                    name: name.to_owned(),
+                    failing_since: failing_since.clone(),
+                });
+                failing_since
+            },
         }
     }
 
@@ -371,10 +517,19 @@ impl Metrics {
                 get(move || {
                     let metrics = self.clone();
                     async move {
-                        match metrics.stage() {
-                            Stage::Running => (StatusCode::OK, "running\n"),
-                            Stage::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
-                            Stage::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+                        let json = [(header::CONTENT_TYPE, "application/json")];
+                        match metrics.health() {
+                            Ok(()) => (StatusCode::OK, json, "{\"status\":\"ok\"}\n".to_owned()),
+                            Err(problems) => {
+                                let problems: Vec<serde_json::Value> = problems
+                                    .into_iter()
+                                    .map(|(what, name, why)| {
+                                        serde_json::json!({"component": what, "name": name, "problem": why})
+                                    })
+                                    .collect();
+                                let body = serde_json::json!({"status": "unhealthy", "problems": problems});
+                                (StatusCode::SERVICE_UNAVAILABLE, json, format!("{body}\n"))
+                            }
                         }
                     }
                 }),
@@ -393,6 +548,17 @@ struct StreamEntry {
     state: Arc<AtomicU8>,
     last_event: SecondsGauge,
     checkpoint_saved: SecondsGauge,
+    checkpoint_failing: Arc<AtomicBool>,
+}
+
+struct SinkEntry {
+    name: String,
+    /// Unix time (f64 bits) of the first failure in a row; 0 while writing.
+    failing_since: Arc<AtomicU64>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Streams by connection state.
@@ -416,6 +582,10 @@ pub struct StreamMetrics {
     pub retry_delay: SecondsGauge,
     pub http_status: Gauge,
     pub checkpoint_saved: SecondsGauge,
+    pub checkpoint_save_errors: Counter,
+    /// Set while the stream's latest checkpoint save failed.
+    pub checkpoint_failing: Arc<AtomicBool>,
+    up: Gauge,
     state: Arc<AtomicU8>,
     name: StreamName,
     metrics: Arc<Metrics>,
@@ -426,6 +596,10 @@ impl StreamMetrics {
         self.state.store(state as u8, Ordering::Relaxed);
         self.connected
             .set(i64::from(state == Connection::Connected));
+        self.up.set(i64::from(!matches!(
+            state,
+            Connection::Stopped | Connection::GaveUp
+        )));
     }
 
     /// An attempt ended for `reason` (a short, fixed word such as `closed`).
@@ -448,6 +622,26 @@ pub struct SinkMetrics {
     pub retries: Counter,
     pub dropped: Counter,
     pub queue_depth: Gauge,
+    /// Unix time (f64 bits) of the first failed write in a row; 0 while
+    /// writes succeed. `/health` reads it.
+    failing_since: Arc<AtomicU64>,
+}
+
+impl SinkMetrics {
+    /// A write failed: the sink is failing from now, unless it already was.
+    pub fn write_failed(&self) {
+        let _ = self.failing_since.compare_exchange(
+            0,
+            unix_now().to_bits(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A write succeeded.
+    pub fn write_succeeded(&self) {
+        self.failing_since.store(0, Ordering::Relaxed);
+    }
 }
 
 impl SinkMetrics {

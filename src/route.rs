@@ -18,6 +18,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, Semaphore, SemaphorePermit};
 
 use crate::ack::AckTracker;
@@ -43,11 +44,20 @@ pub struct Budget {
     /// Queue slots: events queued and not yet taken by the sink.
     slots: Semaphore,
     slot_capacity: u32,
+    /// Events given to the sink and not yet acknowledged by it: raised here
+    /// when queued, lowered by the sink's runner when acknowledged. It is the
+    /// sink's `sse_relay_sink_queue_depth` gauge.
+    pub unacknowledged: Gauge,
 }
 
 impl Budget {
     /// A budget of `bytes` bytes and `queue_size` queued events.
     pub fn new(bytes: usize, queue_size: usize) -> Arc<Self> {
+        Budget::counting(bytes, queue_size, Gauge::default())
+    }
+
+    /// As [`Budget::new`], counting unacknowledged events in `unacknowledged`.
+    pub fn counting(bytes: usize, queue_size: usize, unacknowledged: Gauge) -> Arc<Self> {
         let capacity = bytes.clamp(1, u32::MAX as usize) as u32;
         let slot_capacity = queue_size.clamp(1, u32::MAX as usize >> 3) as u32;
         Arc::new(Budget {
@@ -55,6 +65,7 @@ impl Budget {
             capacity,
             slots: Semaphore::new(slot_capacity as usize),
             slot_capacity,
+            unacknowledged,
         })
     }
 
@@ -352,6 +363,8 @@ async fn send_waiting(route: &Route, mut delivery: Delivery) -> Result<(), Sinks
         // dropped, the delivery gives the budget back.
         delivery.held = Held::from_permits(budget, bytes_permit, slots_permit);
         let permit = route.queue.reserve().await.map_err(|_| SinksClosed)?;
+        // Before the send: the sink may acknowledge at once.
+        budget.unacknowledged.inc_by(count as i64);
         permit.send(delivery);
         match rest {
             Some(rest) => delivery = rest,
@@ -381,10 +394,16 @@ fn send_or_drop(route: &Route, mut delivery: Delivery) -> Result<usize, SinksClo
         return Ok(total);
     };
     delivery.held = Held::from_permits(budget, bytes_permit, slots_permit);
+    budget.unacknowledged.inc_by(count as i64);
     match route.queue.try_send(delivery) {
         Ok(()) => Ok(total - count),
-        Err(mpsc::error::TrySendError::Full(_)) => Ok(total),
-        Err(mpsc::error::TrySendError::Closed(_)) => Err(SinksClosed),
+        Err(e) => {
+            budget.unacknowledged.dec_by(count as i64);
+            match e {
+                mpsc::error::TrySendError::Full(_) => Ok(total),
+                mpsc::error::TrySendError::Closed(_) => Err(SinksClosed),
+            }
+        }
     }
 }
 

@@ -12,10 +12,14 @@
 //! A sink whose settings changed is drained and replaced (and the streams it
 //! takes restart with it). File sinks reopen their files (for logrotate).
 //!
-//! Stop (`drain` fired, or every stream was told 204 by its server):
+//! Stop (`drain` fired, or every stream stopped for good: 204 or give-up):
 //! 1. streams stop reading; dropping their routes closes the sink queues;
-//! 2. sinks write and acknowledge what is queued, for up to `shutdown_timeout`;
-//! 3. checkpoints are written one last time.
+//! 2. sinks write and acknowledge what is queued: after a signal for up to
+//!    `shutdown_timeout`; after the last stream ended, for as long as it takes
+//!    (a signal during that wait starts the `shutdown_timeout` clock);
+//! 3. checkpoints are written one last time;
+//! 4. the [`Outcome`] says what is left unacknowledged per sink and which
+//!    streams gave up: the exit status is 0 only when both are empty.
 //!
 //! `abort` (a second signal) skips the wait in step 2; step 3 still runs, and a
 //! checkpoint only ever names acknowledged events, so nothing is skipped on the
@@ -31,6 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +43,9 @@ use tokio_util::sync::CancellationToken;
 use crate::ack::AckTracker;
 use crate::checkpoint::{CheckpointBackend, CheckpointError, CheckpointStore, Tracked};
 use crate::cluster::{Cluster, Command};
-use crate::config::{CheckpointBackendConfig, Config, SinkConfig, SinkKind, StreamConfig};
+use crate::config::{
+    CheckpointBackendConfig, Config, SinkConfig, SinkKind, StreamConfig, WhenFull,
+};
 use crate::metrics::{Metrics, Stage};
 use crate::notify;
 use crate::route::{self, Budget, Route, Router};
@@ -49,10 +56,18 @@ use crate::stream::{Stream, StreamEnd};
 #[derive(Debug)]
 pub enum RunError {
     Checkpoint(CheckpointError),
-    Stream { stream: String, problem: String },
-    Sink { sink: String, problem: String },
+    Stream {
+        stream: String,
+        problem: String,
+    },
+    Sink {
+        sink: String,
+        problem: String,
+    },
     Metrics(String),
     Cluster(String),
+    /// Something the configuration names cannot be used (see [`crate::prepare`]).
+    Prepare(String),
 }
 
 impl std::fmt::Display for RunError {
@@ -65,6 +80,7 @@ impl std::fmt::Display for RunError {
             RunError::Sink { sink, problem } => write!(f, "error: sink `{sink}`: {problem}"),
             RunError::Metrics(problem) => write!(f, "error: metrics: {problem}"),
             RunError::Cluster(problem) => write!(f, "error: cluster: {problem}"),
+            RunError::Prepare(problem) => write!(f, "{problem}"),
         }
     }
 }
@@ -87,6 +103,23 @@ pub enum Checkpoints {
     InMemory,
 }
 
+/// How a run ended, for the exit status.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Events given to each sink and never acknowledged (a signal's drain ran
+    /// out, or a second signal cut it short).
+    pub unacknowledged: BTreeMap<String, u64>,
+    /// Streams stopped by `give_up_after`.
+    pub gave_up: BTreeSet<String>,
+}
+
+impl Outcome {
+    /// Everything read was acknowledged and no stream gave up: exit 0.
+    pub fn clean(&self) -> bool {
+        self.unacknowledged.is_empty() && self.gave_up.is_empty()
+    }
+}
+
 /// Reads the configuration again for a reload; the error text is what `check`
 /// would print.
 pub type Reloader = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
@@ -96,7 +129,7 @@ pub async fn run(
     config: &Config,
     checkpoints: Checkpoints,
     shutdown: Shutdown,
-) -> Result<(), RunError> {
+) -> Result<Outcome, RunError> {
     run_with_reload(config, checkpoints, shutdown, None).await
 }
 
@@ -107,7 +140,8 @@ pub async fn run_with_reload(
     checkpoints: Checkpoints,
     shutdown: Shutdown,
     reloader: Option<Reloader>,
-) -> Result<(), RunError> {
+) -> Result<Outcome, RunError> {
+    crate::prepare::prepare(config, crate::prepare::Mode::Run).map_err(RunError::Prepare)?;
     let metrics = Arc::new(Metrics::new());
     if let Some(metrics_config) = &config.metrics {
         let addr = metrics
@@ -167,21 +201,24 @@ pub async fn run_with_reload(
         generation: 0,
         reopen,
         cluster,
+        gave_up: BTreeSet::new(),
     };
     supervisor.start().await?;
     let keepalive = notify::spawn_keepalive(supervisor.metrics.clone());
-    supervisor.serve(ended_rx, reloader).await;
+    let outcome = supervisor.serve(ended_rx, reloader).await;
     if let Some(keepalive) = keepalive {
         keepalive.abort();
     }
-    Ok(())
+    Ok(outcome)
 }
 
 /// How a stream task ended on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
-    /// A 204, or `give_up_after` refusals.
+    /// A 204.
     ForGood,
+    /// `give_up_after` refusals.
+    GaveUp,
     Panicked,
 }
 
@@ -223,6 +260,8 @@ struct Supervisor<'c> {
     reopen: watch::Sender<u64>,
     /// Set with `[cluster]`: streams start and stop when its coordinator says.
     cluster: Option<Cluster>,
+    /// Streams stopped by `give_up_after` (until a reload starts them again).
+    gave_up: BTreeSet<String>,
 }
 
 impl Supervisor<'_> {
@@ -278,7 +317,7 @@ impl Supervisor<'_> {
         &mut self,
         mut ended: mpsc::UnboundedReceiver<(String, u64, Ended)>,
         reloader: Option<Reloader>,
-    ) {
+    ) -> Outcome {
         let writer_stop = CancellationToken::new();
         let writer = tokio::spawn(checkpoint_writer(
             self.store.clone(),
@@ -299,12 +338,16 @@ impl Supervisor<'_> {
                 Some((name, generation, how)) = ended.recv() => {
                     let current = self.streams.get(&name).is_some_and(|s| s.generation == generation);
                     if let Some(running) = current.then(|| self.streams.remove(&name)).flatten() {
-                        if how == Ended::Panicked {
-                            self.restart_after_panic(running).await;
+                        match how {
+                            Ended::Panicked => self.restart_after_panic(running).await,
+                            Ended::GaveUp => {
+                                self.gave_up.insert(name.clone());
+                            }
+                            Ended::ForGood => {}
                         }
                     }
                     if self.streams.is_empty() && self.cluster.is_none() {
-                        tracing::info!("every stream has stopped for good (HTTP 204 or give_up_after); finishing");
+                        tracing::info!("every stream has stopped for good (HTTP 204 or give_up_after); finishing once every sink has acknowledged what it was given");
                     }
                 }
             }
@@ -318,14 +361,65 @@ impl Supervisor<'_> {
             let _ = stream.task.await;
         }
         let sinks: Vec<RunningSink> = std::mem::take(&mut self.sinks).into_values().collect();
-        drain_sinks(sinks, self.config.shutdown_timeout, &self.shutdown.abort).await;
+        let owed: Vec<(String, WhenFull, Gauge)> = sinks
+            .iter()
+            .map(|s| {
+                (
+                    s.config.name.clone(),
+                    s.config.when_full,
+                    s.budget.unacknowledged.clone(),
+                )
+            })
+            .collect();
+        // Streams that ended by themselves: no deadline but a signal's.
+        let until = if self.shutdown.drain.is_cancelled() {
+            Drain::Timeout
+        } else {
+            Drain::UntilSignal(&self.shutdown.drain)
+        };
+        drain_sinks(
+            sinks,
+            until,
+            self.config.shutdown_timeout,
+            &self.shutdown.abort,
+        )
+        .await;
         writer_stop.cancel();
         let _ = writer.await;
         if let Some(cluster) = self.cluster.take() {
             // After the last checkpoint save: whoever takes over resumes there.
             cluster.shutdown().await;
         }
+        let mut outcome = Outcome {
+            gave_up: std::mem::take(&mut self.gave_up),
+            ..Outcome::default()
+        };
+        for (sink, when_full, gauge) in owed {
+            let left = gauge.get().max(0) as u64;
+            if left == 0 {
+                continue;
+            }
+            match when_full {
+                WhenFull::Block => tracing::error!(
+                    sink = %sink,
+                    "{left} event(s) given to this sink were never acknowledged; the checkpoint is before them, so the server sends them again after a restart"
+                ),
+                WhenFull::DropNewest => tracing::error!(
+                    sink = %sink,
+                    "{left} event(s) given to this sink were never acknowledged, and they are lost for it: a drop_newest sink does not hold the checkpoint back"
+                ),
+            }
+            outcome.unacknowledged.insert(sink, left);
+        }
+        if !outcome.gave_up.is_empty() {
+            let names: Vec<&str> = outcome.gave_up.iter().map(String::as_str).collect();
+            tracing::error!(
+                "stream(s) {} gave up (give_up_after) and did not run to the end",
+                names.join(", ")
+            );
+        }
         tracing::info!("stopped");
+        outcome
     }
 
     fn start_sink(&mut self, config: &SinkConfig) -> Result<(), RunError> {
@@ -333,6 +427,10 @@ impl Supervisor<'_> {
         let abort = self.shutdown.abort.child_token();
         let metrics = self.metrics.sink(&config.name);
         let dropped = metrics.dropped.clone();
+        // A sink started anew (start, or replaced on reload) owes nothing yet:
+        // what its predecessor left is read again from its streams' checkpoints.
+        metrics.queue_depth.set(0);
+        let unacknowledged = metrics.queue_depth.clone();
         let task = SinkTask {
             name: config.name.clone(),
             queue: receiver,
@@ -392,7 +490,11 @@ impl Supervisor<'_> {
                 abort,
                 task: handle,
                 dropped,
-                budget: Budget::new(route::DEFAULT_QUEUE_BYTES, config.queue_size),
+                budget: Budget::counting(
+                    route::DEFAULT_QUEUE_BYTES,
+                    config.queue_size,
+                    unacknowledged,
+                ),
             },
         );
         Ok(())
@@ -428,6 +530,7 @@ impl Supervisor<'_> {
 
     fn start_stream(&mut self, config: StreamConfig, resume_from: &str) -> Result<(), RunError> {
         let name = config.name.clone();
+        self.gave_up.remove(&name);
         let route_names = self.routes_of(&name);
         if route_names.is_empty() {
             tracing::warn!(
@@ -456,6 +559,8 @@ impl Supervisor<'_> {
         let router = Router::new(Arc::from(name.as_str()), routes, tracker.clone());
         let metrics = self.metrics.stream(&name);
         let saved_at = metrics.checkpoint_saved.clone();
+        let save_errors = metrics.checkpoint_save_errors.clone();
+        let save_failing = metrics.checkpoint_failing.clone();
         let config = Arc::new(config);
         let stream =
             Stream::new(config.clone(), router, resume_from, metrics).map_err(|problem| {
@@ -476,6 +581,8 @@ impl Supervisor<'_> {
                     tracker: tracker.clone(),
                     saved,
                     saved_at,
+                    save_errors,
+                    failing: save_failing,
                 },
             );
         }
@@ -494,8 +601,12 @@ impl Supervisor<'_> {
                 .catch_unwind()
                 .await
             {
-                Ok(end @ (StreamEnd::StoppedByServer | StreamEnd::GaveUp)) => {
+                Ok(end @ StreamEnd::StoppedByServer) => {
                     let _ = ended.send((task_name, generation, Ended::ForGood));
+                    end
+                }
+                Ok(end @ StreamEnd::GaveUp) => {
+                    let _ = ended.send((task_name, generation, Ended::GaveUp));
                     end
                 }
                 Ok(end) => end,
@@ -534,11 +645,19 @@ impl Supervisor<'_> {
 
     async fn reload(&mut self, reloader: &Reloader) {
         notify::reloading();
-        self.metrics.set_stage(Stage::Starting);
+        // Not a health problem: the streams that do not change keep running.
         tracing::info!("reloading the configuration");
-        match reloader() {
-            Ok(new) => self.apply(new).await,
+        // Everything that can fail is tried before anything running is
+        // touched: a reload that cannot be run leaves the old one running.
+        let prepared = reloader()
+            .and_then(|new| crate::prepare::prepare(&new, crate::prepare::Mode::Run).map(|()| new));
+        match prepared {
+            Ok(new) => {
+                self.apply(new).await;
+                self.metrics.reloaded(true);
+            }
             Err(error) => {
+                self.metrics.reloaded(false);
                 tracing::error!(
                     "reload refused, the running configuration stays in force:\n{error}"
                 )
@@ -546,7 +665,6 @@ impl Supervisor<'_> {
         }
         // File sinks reopen their files (logrotate's postrotate sends SIGHUP).
         self.reopen.send_modify(|generation| *generation += 1);
-        self.metrics.set_stage(Stage::Running);
         notify::ready(&notify::status_line(&self.metrics));
     }
 
@@ -597,7 +715,13 @@ impl Supervisor<'_> {
             .iter()
             .filter_map(|name| self.sinks.remove(name))
             .collect();
-        drain_sinks(stopping, self.config.shutdown_timeout, &self.shutdown.abort).await;
+        drain_sinks(
+            stopping,
+            Drain::Timeout,
+            self.config.shutdown_timeout,
+            &self.shutdown.abort,
+        )
+        .await;
 
         // Save where the stopped streams got to; forget the removed ones.
         let mut removed = Vec::new();
@@ -776,9 +900,23 @@ async fn wait_acknowledged(tracker: &AckTracker, timeout: Duration) {
     }
 }
 
-/// Closes the sinks' queues and waits for them to write what they hold, up to
-/// `timeout` or until `abort` fires; then stops them.
-async fn drain_sinks(sinks: Vec<RunningSink>, timeout: Duration, abort: &CancellationToken) {
+/// How long [`drain_sinks`] waits.
+enum Drain<'a> {
+    /// Up to `shutdown_timeout` (a signal asked to stop).
+    Timeout,
+    /// Until the sinks are done, however long; once this token fires (a
+    /// signal), up to `shutdown_timeout` more.
+    UntilSignal(&'a CancellationToken),
+}
+
+/// Closes the sinks' queues and waits for them to write what they hold, as
+/// `until` says or until `abort` fires; then stops them.
+async fn drain_sinks(
+    sinks: Vec<RunningSink>,
+    until: Drain<'_>,
+    timeout: Duration,
+    abort: &CancellationToken,
+) {
     if sinks.is_empty() {
         return;
     }
@@ -792,18 +930,38 @@ async fn drain_sinks(sinks: Vec<RunningSink>, timeout: Duration, abort: &Cancell
         });
         aborts.push(sink.abort);
     }
-    let all_done = async { while tasks.join_next().await.is_some() {} };
-    tokio::select! {
-        _ = all_done => {}
-        _ = tokio::time::sleep(timeout) => {
-            tracing::warn!(
-                "sinks did not finish within shutdown_timeout ({}); what they hold is not acknowledged and will be sent again",
-                humantime::format_duration(timeout)
-            );
+    {
+        let all_done = async { while tasks.join_next().await.is_some() {} };
+        tokio::pin!(all_done);
+        let timed = match until {
+            Drain::Timeout => true,
+            Drain::UntilSignal(signal) => tokio::select! {
+                _ = &mut all_done => false,
+                _ = signal.cancelled() => {
+                    tracing::info!(
+                        "signal while the sinks drain: waiting up to shutdown_timeout ({}) more",
+                        humantime::format_duration(timeout)
+                    );
+                    true
+                }
+                _ = abort.cancelled() => false,
+            },
+        };
+        if timed {
+            tokio::select! {
+                _ = &mut all_done => {}
+                _ = tokio::time::sleep(timeout) => {
+                    tracing::warn!(
+                        "sinks did not finish within shutdown_timeout ({})",
+                        humantime::format_duration(timeout)
+                    );
+                }
+                _ = abort.cancelled() => {}
+            }
         }
-        _ = abort.cancelled() => {
-            tracing::warn!("second signal: not waiting for sinks; unacknowledged events will be sent again after restart");
-        }
+    }
+    if abort.is_cancelled() {
+        tracing::warn!("second signal: not waiting for sinks");
     }
     for abort in aborts {
         abort.cancel();

@@ -1,5 +1,6 @@
-//! Every case in `../shared/conformance/parse.json`, fed as written, byte by byte,
-//! and split at every point.
+//! Every case in `tests/data/conformance/parse.json` (the project's shared SSE
+//! conformance vectors, copied in; see the README beside them), fed as
+//! written, byte by byte, and split at every point.
 
 use serde_json::Value;
 use sse_relay::sse::{Event, Parser};
@@ -14,7 +15,7 @@ struct Case {
 
 fn conformance_path() -> std::path::PathBuf {
     let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    here.join("../shared/conformance/parse.json")
+    here.join("tests/data/conformance/parse.json")
 }
 
 fn decode_b64(s: &str) -> Vec<u8> {

@@ -28,6 +28,16 @@ pub use error::ConfigError;
 
 use crate::sse::Limits;
 
+/// The largest `queue_size` (events; the queue's bytes are bounded too).
+pub const MAX_QUEUE_SIZE: usize = 1 << 20;
+/// Bounds of `max_line_bytes` and `max_event_bytes`.
+pub const MIN_LIMIT_BYTES: usize = 16;
+pub const MAX_LIMIT_BYTES: usize = 1 << 30;
+/// The largest `max_redirects`.
+pub const MAX_REDIRECTS: usize = 50;
+/// The longest stream or sink name: names become file names.
+pub const MAX_NAME_BYTES: usize = 128;
+
 /// Default `queue_size`: events queued per sink. Large enough that it is the
 /// sink's byte budget (2 MiB) that bounds a queue of small events, so reading
 /// and writing overlap in big batches; 1,024 held a stream of 70-byte events
@@ -419,9 +429,9 @@ struct RawStream {
     #[serde(default, deserialize_with = "duration")]
     retry_max: Option<Duration>,
     initial_last_event_id: Option<Spanned<String>>,
-    max_line_bytes: Option<usize>,
-    max_event_bytes: Option<usize>,
-    max_redirects: Option<usize>,
+    max_line_bytes: Option<Spanned<usize>>,
+    max_event_bytes: Option<Spanned<usize>>,
+    max_redirects: Option<Spanned<usize>>,
     http2: Option<bool>,
     ca_file: Option<Spanned<String>>,
     tls_insecure: Option<bool>,
@@ -436,7 +446,7 @@ struct RawSink {
     #[serde(rename = "type")]
     kind: Spanned<String>,
     inputs: Spanned<Vec<Spanned<String>>>,
-    event_types: Option<Vec<String>>,
+    event_types: Option<Spanned<Vec<String>>>,
     queue_size: Option<Spanned<usize>>,
     when_full: Option<WhenFull>,
     encoding: Option<Spanned<Encoding>>,
@@ -699,7 +709,18 @@ impl Validator<'_> {
                 .with_help("add a [streams.NAME] table with a `url`"));
         }
         let data_dir = match &raw.data_dir {
-            Some(dir) => PathBuf::from(self.expand(dir)?),
+            Some(dir) => {
+                let text = self.expand(dir)?;
+                if text.trim().is_empty() {
+                    return Err(self
+                        .error(dir.span(), "`data_dir` is empty")
+                        .with_key("data_dir")
+                        .with_help(
+                            "name the directory for checkpoints, e.g. \"/var/lib/sse-relay\"",
+                        ));
+                }
+                PathBuf::from(text)
+            }
             None => PathBuf::from("/var/lib/sse-relay"),
         };
         let mut streams = BTreeMap::new();
@@ -747,7 +768,46 @@ impl Validator<'_> {
         Ok(MetricsConfig { listen })
     }
 
+    /// A number within `range`, or `default` when the key is absent.
+    fn bounded(
+        &self,
+        value: &Option<Spanned<usize>>,
+        key: &str,
+        range: std::ops::RangeInclusive<usize>,
+        default: usize,
+    ) -> Result<usize, ConfigError> {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        let n = *value.get_ref();
+        if range.contains(&n) {
+            return Ok(n);
+        }
+        Err(self
+            .error(
+                value.span(),
+                format!(
+                    "`{key}` is {n}; it must be between {} and {}",
+                    range.start(),
+                    range.end()
+                ),
+            )
+            .with_key(key.to_owned()))
+    }
+
     fn check_name(&self, kind: &str, name: &str, span: Range<usize>) -> Result<(), ConfigError> {
+        if name.len() > MAX_NAME_BYTES {
+            return Err(self
+                .error(
+                    span,
+                    format!(
+                        "{kind} name `{}…` is {} bytes long; at most {MAX_NAME_BYTES}",
+                        &name[..name.char_indices().nth(32).map_or(name.len(), |(i, _)| i)],
+                        name.len()
+                    ),
+                )
+                .with_help("names become file names (checkpoints, `{stream}` paths), which have a length limit"));
+        }
         let valid = !name.is_empty()
             && name
                 .bytes()
@@ -800,9 +860,21 @@ impl Validator<'_> {
             .transpose()?;
         let defaults = Limits::default();
         let limits = Limits {
-            max_line_bytes: raw.max_line_bytes.unwrap_or(defaults.max_line_bytes),
-            max_event_bytes: raw.max_event_bytes.unwrap_or(defaults.max_event_bytes),
+            max_line_bytes: self.bounded(
+                &raw.max_line_bytes,
+                "max_line_bytes",
+                MIN_LIMIT_BYTES..=MAX_LIMIT_BYTES,
+                defaults.max_line_bytes,
+            )?,
+            max_event_bytes: self.bounded(
+                &raw.max_event_bytes,
+                "max_event_bytes",
+                MIN_LIMIT_BYTES..=MAX_LIMIT_BYTES,
+                defaults.max_event_bytes,
+            )?,
         };
+        let max_redirects =
+            self.bounded(&raw.max_redirects, "max_redirects", 0..=MAX_REDIRECTS, 10)?;
         let ca_file = raw
             .ca_file
             .as_ref()
@@ -819,7 +891,7 @@ impl Validator<'_> {
             retry_max: raw.retry_max.unwrap_or(Duration::from_secs(3600)),
             initial_last_event_id,
             limits,
-            max_redirects: raw.max_redirects.unwrap_or(10),
+            max_redirects,
             http2: raw.http2.unwrap_or(false),
             ca_file,
             tls_insecure: raw.tls_insecure.unwrap_or(false),
@@ -929,11 +1001,28 @@ impl Validator<'_> {
             .queue_size
             .as_ref()
             .map_or(DEFAULT_QUEUE_SIZE, |q| *q.get_ref());
-        if queue_size == 0 {
+        if !(1..=MAX_QUEUE_SIZE).contains(&queue_size) {
             let q_span = raw.queue_size.as_ref().map_or(span.clone(), |q| q.span());
             return Err(self
-                .error(q_span, "`queue_size` must be at least 1")
-                .with_key("queue_size"));
+                .error(
+                    q_span,
+                    format!("`queue_size` must be between 1 and {MAX_QUEUE_SIZE}"),
+                )
+                .with_key("queue_size")
+                .with_help(
+                    "it counts events; memory is bounded by bytes as well (2 MiB per sink)",
+                ));
+        }
+        if let Some(types) = &raw.event_types {
+            if types.get_ref().is_empty() {
+                return Err(self
+                    .error(
+                        types.span(),
+                        "`event_types` is empty: the sink would take no event",
+                    )
+                    .with_key("event_types")
+                    .with_help("list the event types it takes, or leave the key out for all"));
+            }
         }
         let only_for_file = |key: &str, present: Option<Range<usize>>| match present {
             Some(at) => Err(self
@@ -1019,7 +1108,7 @@ impl Validator<'_> {
             name: name.to_owned(),
             kind,
             inputs: (!all).then_some(inputs),
-            event_types: raw.event_types,
+            event_types: raw.event_types.map(Spanned::into_inner),
             queue_size,
             when_full: raw.when_full.unwrap_or(WhenFull::Block),
             encoding,

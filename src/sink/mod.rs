@@ -29,6 +29,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -225,12 +226,12 @@ pub async fn run<S: Sink>(mut sink: S, task: SinkTask) {
                 received = queue.recv() => match received {
                     Some(first) => first,
                     None => {
-                        sync_and_acknowledge(&name, &mut sink, &mut awaiting_sync).await;
+                        sync_and_acknowledge(&name, &mut sink, &mut awaiting_sync, &metrics.queue_depth).await;
                         return;
                     }
                 },
                 _ = tick(&mut sync_timer) => {
-                    sync_and_acknowledge(&name, &mut sink, &mut awaiting_sync).await;
+                    sync_and_acknowledge(&name, &mut sink, &mut awaiting_sync, &metrics.queue_depth).await;
                     continue;
                 }
             },
@@ -243,7 +244,6 @@ pub async fn run<S: Sink>(mut sink: S, task: SinkTask) {
             return;
         }
         let events: usize = batch.iter().map(Delivery::len).sum();
-        metrics.queue_depth.set(queue.len() as i64);
         if reopen.has_changed().unwrap_or(false) {
             reopen.mark_unchanged();
             sink.reopen();
@@ -257,18 +257,22 @@ pub async fn run<S: Sink>(mut sink: S, task: SinkTask) {
             };
             match written {
                 Ok(Written::Durable) => {
+                    metrics.write_succeeded();
                     metrics.written.inc_by(events as u64);
                     acknowledge(&batch);
+                    metrics.queue_depth.dec_by(events as i64);
                     break;
                 }
                 Ok(Written::AwaitingSync) => {
+                    metrics.write_succeeded();
                     metrics.written.inc_by(events as u64);
-                    awaiting_sync.add(&batch);
+                    awaiting_sync.add(&batch, events as u64);
                     break;
                 }
                 Err(e) => {
                     failures += 1;
                     metrics.failures.inc();
+                    metrics.write_failed();
                     let delay = sink.retry_delay(failures);
                     tracing::warn!(
                         sink = %name,
@@ -404,6 +408,8 @@ fn acknowledge(batch: &[Delivery]) {
 struct PendingAcks {
     /// Keyed by (tracker address, slot).
     newest: HashMap<(usize, usize), HeldAck>,
+    /// How many events the held acknowledgements cover.
+    events: u64,
 }
 
 struct HeldAck {
@@ -413,7 +419,8 @@ struct HeldAck {
 }
 
 impl PendingAcks {
-    fn add(&mut self, batch: &[Delivery]) {
+    fn add(&mut self, batch: &[Delivery], events: u64) {
+        self.events += events;
         for d in batch {
             let Some((seq, record)) = d.last() else {
                 continue;
@@ -431,7 +438,12 @@ impl PendingAcks {
     }
 }
 
-async fn sync_and_acknowledge<S: Sink>(name: &str, sink: &mut S, pending: &mut PendingAcks) {
+async fn sync_and_acknowledge<S: Sink>(
+    name: &str,
+    sink: &mut S,
+    pending: &mut PendingAcks,
+    unacknowledged: &Gauge,
+) {
     if pending.newest.is_empty() {
         return;
     }
@@ -440,6 +452,7 @@ async fn sync_and_acknowledge<S: Sink>(name: &str, sink: &mut S, pending: &mut P
             for ((_, slot), held) in pending.newest.drain() {
                 held.tracker.acknowledge(slot, held.seq, &held.id);
             }
+            unacknowledged.dec_by(std::mem::take(&mut pending.events) as i64);
         }
         Err(e) => {
             tracing::warn!(sink = %name, "sync failed: {e}; acknowledgements wait for the next sync")

@@ -6,7 +6,10 @@
 //! attempt on, so thousands of streams dropped at once do not reconnect in step.
 //! The server's floor (its `retry:` field, or `Retry-After` on 429/503, both
 //! clamped to `retry_max`) wins when it is larger; the delay then lies in
-//! `[floor, floor * 1.1]`, again so that streams do not move in a herd.
+//! `[floor, floor * 1.1]`, again so that streams do not move in a herd. On the
+//! first attempt after a reset the floor, when it is at least `initial`, is
+//! the delay (with that jitter) even if the backoff draw was larger: after a
+//! connection that delivered events, the server's `retry:` is what it says.
 //! A connection that delivered events resets the count.
 
 use std::time::Duration;
@@ -55,8 +58,9 @@ impl Backoff {
         } else {
             self.initial
         };
+        let first_after_reset = self.failures == 1;
         match server_floor.map(|f| f.min(self.retry_max)) {
-            Some(floor) if floor > backoff => {
+            Some(floor) if floor > backoff || (first_after_reset && floor >= self.initial) => {
                 let spread = floor / 10;
                 if spread.is_zero() {
                     floor
@@ -72,6 +76,20 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn after_a_reset_the_servers_retry_is_the_delay_within_ten_percent() {
+        let mut backoff = Backoff::new(ms(1000), ms(60_000), ms(3_600_000));
+        for _ in 0..200 {
+            backoff.reset();
+            let delay = backoff.next_delay(Some(ms(1500)));
+            assert!(delay >= ms(1500) && delay <= ms(1650), "{delay:?}");
+        }
+        // Below `initial` the backoff still rules.
+        backoff.reset();
+        let delay = backoff.next_delay(Some(ms(10)));
+        assert!(delay >= ms(1000) && delay <= ms(2000), "{delay:?}");
+    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

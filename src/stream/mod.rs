@@ -117,7 +117,7 @@ impl Stream {
                 Ok(body) => self.read_body(body, &shutdown).await,
                 Err(attempt) => attempt,
             };
-            let (reason, retry_after, delivered_events) = match attempt {
+            let (reason, retry_after, delivered_events, routine) = match attempt {
                 Attempt::Shutdown => return StreamEnd::Shutdown,
                 Attempt::NoContent => {
                     self.metrics.set_connection(Connection::Stopped);
@@ -143,14 +143,14 @@ impl Stream {
                         .give_up_after
                         .is_some_and(|limit| refusals >= limit)
                     {
-                        self.metrics.set_connection(Connection::Stopped);
+                        self.metrics.set_connection(Connection::GaveUp);
                         tracing::error!(
                             "stream={} giving up after {refusals} attempts in a row answered {reason} (give_up_after); this stream will not reconnect until the daemon is reloaded or restarted",
                             self.config.name
                         );
                         return StreamEnd::GaveUp;
                     }
-                    (reason, retry_after, delivered_events)
+                    (reason, retry_after, delivered_events, kind == "closed")
                 }
             };
             self.metrics.set_connection(Connection::Reconnecting);
@@ -169,12 +169,23 @@ impl Stream {
                 // not written into the log (or the terminal) as they are.
                 format!("Last-Event-ID {}", last_id.escape_debug())
             };
-            tracing::warn!(
-                "stream={} reconnecting in {:.1}s after {reason} (attempt {}, {resume})",
-                self.config.name,
-                delay.as_secs_f64(),
-                self.backoff.attempt(),
-            );
+            // A server closing a stream it served is routine; anything else
+            // is for an operator to look at.
+            if routine {
+                tracing::info!(
+                    "stream={} reconnecting in {:.1}s after {reason} (attempt {}, {resume})",
+                    self.config.name,
+                    delay.as_secs_f64(),
+                    self.backoff.attempt(),
+                );
+            } else {
+                tracing::warn!(
+                    "stream={} reconnecting in {:.1}s after {reason} (attempt {}, {resume})",
+                    self.config.name,
+                    delay.as_secs_f64(),
+                    self.backoff.attempt(),
+                );
+            }
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.cancelled() => return StreamEnd::Shutdown,
