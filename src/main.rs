@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use reqwest::header::{HeaderName, HeaderValue};
+use sse_relay::prepare::Mode;
 
 use sse_relay::config::{self, Config, Encoding, SinkConfig, SinkKind, StreamConfig, WhenFull};
 use sse_relay::demo::DemoSource;
@@ -103,12 +104,7 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         match cli.command {
             Command::Run { config } => run(config).await,
-            Command::Check { config } => match Config::load(&config)
-                .map_err(|e| e.to_string())
-                .and_then(|loaded| {
-                    sse_relay::prepare::prepare(&loaded, sse_relay::prepare::Mode::Check)
-                        .map(|()| loaded)
-                }) {
+            Command::Check { config } => match load_prepared(&config, Mode::Check) {
                 Ok(loaded) => {
                     use std::io::Write;
                     // Not print!: a closed stdout (`check | head`) must not panic.
@@ -158,13 +154,20 @@ fn fail(error: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Reads the configuration at `path` and prepares it: the one path `check`,
+/// start-up and reload share (see `sse_relay::prepare`).
+fn load_prepared(path: &std::path::Path, mode: Mode) -> Result<Config, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    sse_relay::prepare::prepare(&config, mode, Some(path))?;
+    Ok(config)
+}
+
 async fn run(path: PathBuf) -> ExitCode {
-    let config = match Config::load(&path) {
+    let config = match load_prepared(&path, Mode::Run) {
         Ok(config) => config,
         Err(e) => return fail(e),
     };
-    let reloader: supervisor::Reloader =
-        Box::new(move || Config::load(&path).map_err(|e| e.to_string()));
+    let reloader: supervisor::Reloader = Box::new(move || load_prepared(&path, Mode::Run));
     relay(&config, Checkpoints::OnDisk, Some(reloader)).await
 }
 
@@ -177,6 +180,14 @@ async fn relay(
     let signals = tokio::spawn(watch_signals(shutdown.clone()));
     let result = supervisor::run_with_reload(config, checkpoints, shutdown, reloader).await;
     signals.abort();
+    // `tail` and `demo` keep no checkpoint: a reader that went away (`| head`)
+    // is how they are meant to stop, not a loss to report.
+    let result = result.map(|mut outcome| {
+        if checkpoints == Checkpoints::InMemory {
+            outcome.unacknowledged.clear();
+        }
+        outcome
+    });
     match result {
         Ok(outcome) if outcome.clean() => ExitCode::SUCCESS,
         // The log has said what (per sink, per stream); systemd's

@@ -13,8 +13,15 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use crate::config::{CheckpointBackendConfig, Config, SinkKind};
+use crate::config::{CheckpointBackendConfig, Config, ConfigError, SinkKind};
 use crate::files;
+
+/// One problem: where in the configuration (table and key), and what.
+struct Problem {
+    table: String,
+    key: &'static str,
+    message: String,
+}
 
 /// Whether preparation may touch the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,26 +32,42 @@ pub enum Mode {
     Run,
 }
 
-/// Prepares `config`; every problem found, one per line, if any.
-pub fn prepare(config: &Config, mode: Mode) -> Result<(), String> {
+/// Prepares `config`, read from `config_file` (for locating problems; `None`
+/// for a configuration built in code). Every problem found, each located as
+/// a configuration error is, one after the other.
+pub fn prepare(config: &Config, mode: Mode, config_file: Option<&Path>) -> Result<(), String> {
     let mut problems = Vec::new();
     for stream in config.streams.values() {
         if let Some(ca_file) = &stream.ca_file {
-            if let Err(problem) = check_ca_file(ca_file) {
-                problems.push(format!("error: stream `{}`: {problem}", stream.name));
+            if let Err(message) = check_ca_file(ca_file) {
+                problems.push(Problem {
+                    table: format!("streams.{}", stream.name),
+                    key: "ca_file",
+                    message,
+                });
             }
         }
     }
     if config.checkpoints == CheckpointBackendConfig::Local
         && !config.data_dir.as_os_str().is_empty()
     {
-        if let Err(problem) = directory(&config.data_dir.join("checkpoints"), mode) {
-            problems.push(format!("error: data_dir: {problem}"));
+        if let Err(message) = directory(&config.data_dir.join("checkpoints"), mode) {
+            problems.push(Problem {
+                table: String::new(),
+                key: "data_dir",
+                message,
+            });
         }
     }
     for sink in config.sinks.values() {
-        let mut fail =
-            |problem: String| problems.push(format!("error: sink `{}`: {problem}", sink.name));
+        let table = format!("sinks.{}", sink.name);
+        let mut fail = |key: &'static str, message: String| {
+            problems.push(Problem {
+                table: table.clone(),
+                key,
+                message,
+            })
+        };
         match &sink.kind {
             SinkKind::File { path, .. } => {
                 for stream in config
@@ -52,9 +75,9 @@ pub fn prepare(config: &Config, mode: Mode) -> Result<(), String> {
                     .values()
                     .filter(|s| sink.takes_stream(&s.name))
                 {
-                    let file = path.replace("{stream}", &stream.name);
-                    if let Err(problem) = append_target(Path::new(&file), mode) {
-                        fail(problem);
+                    let target = path.replace("{stream}", &stream.name);
+                    if let Err(problem) = append_target(Path::new(&target), mode) {
+                        fail("path", problem);
                     }
                     if !path.contains("{stream}") {
                         break;
@@ -64,12 +87,12 @@ pub fn prepare(config: &Config, mode: Mode) -> Result<(), String> {
             SinkKind::Webhook(webhook) => {
                 if let Some(ca_file) = &webhook.ca_file {
                     if let Err(problem) = check_ca_file(ca_file) {
-                        fail(problem);
+                        fail("ca_file", problem);
                     }
                 }
                 if let Some(dead) = &webhook.dead_letter_path {
                     if let Err(problem) = append_target(dead, mode) {
-                        fail(problem);
+                        fail("dead_letter_path", problem);
                     }
                 }
             }
@@ -77,10 +100,48 @@ pub fn prepare(config: &Config, mode: Mode) -> Result<(), String> {
         }
     }
     if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("\n"))
+        return Ok(());
     }
+    let source = config_file.and_then(|f| std::fs::read_to_string(f).ok());
+    let shown: Vec<String> = problems
+        .into_iter()
+        .map(|p| match (config_file, &source) {
+            (Some(file), Some(source)) => {
+                let mut error = match locate(source, &p.table, p.key) {
+                    Some(offset) => ConfigError::at(file, source, offset..offset, p.message),
+                    None => ConfigError::file(file, p.message),
+                };
+                error.key = Some(p.key.to_owned());
+                if !p.table.is_empty() {
+                    error.table = Some(p.table);
+                }
+                error.to_string()
+            }
+            _ => format!("error: {} ({})", p.message, p.key),
+        })
+        .collect();
+    Err(shown.join("\n"))
+}
+
+/// The byte offset of `key = ...` inside `[table]` (top level for an empty
+/// table name), if the source spells it that way.
+fn locate(source: &str, table: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    let mut offset = 0;
+    for line in source.split_inclusive('\n') {
+        let trimmed = line.trim();
+        if let Some(inner) = trimmed.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            current = inner.trim_matches('[').trim().to_owned();
+        } else if current == table {
+            if let Some((k, _)) = trimmed.split_once('=') {
+                if k.trim().trim_matches('"') == key {
+                    return Some(offset + (line.len() - line.trim_start().len()));
+                }
+            }
+        }
+        offset += line.len();
+    }
+    None
 }
 
 /// A PEM CA bundle that reads and holds at least one certificate.

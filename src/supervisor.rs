@@ -120,8 +120,9 @@ impl Outcome {
     }
 }
 
-/// Reads the configuration again for a reload; the error text is what `check`
-/// would print.
+/// Reads the configuration again for a reload and prepares it
+/// ([`crate::prepare`], in `Mode::Run`) before anything running is touched;
+/// the error text is what `check` would print.
 pub type Reloader = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
 
 /// Runs `config` until every stream has stopped for good or `shutdown` says so.
@@ -141,7 +142,7 @@ pub async fn run_with_reload(
     shutdown: Shutdown,
     reloader: Option<Reloader>,
 ) -> Result<Outcome, RunError> {
-    crate::prepare::prepare(config, crate::prepare::Mode::Run).map_err(RunError::Prepare)?;
+    crate::prepare::prepare(config, crate::prepare::Mode::Run, None).map_err(RunError::Prepare)?;
     let metrics = Arc::new(Metrics::new());
     if let Some(metrics_config) = &config.metrics {
         let addr = metrics
@@ -649,8 +650,11 @@ impl Supervisor<'_> {
         tracing::info!("reloading the configuration");
         // Everything that can fail is tried before anything running is
         // touched: a reload that cannot be run leaves the old one running.
-        let prepared = reloader()
-            .and_then(|new| crate::prepare::prepare(&new, crate::prepare::Mode::Run).map(|()| new));
+        // (`sse-relay run`'s reloader has prepared it already, with the file
+        // to locate problems in; an in-process one may not have.)
+        let prepared = reloader().and_then(|new| {
+            crate::prepare::prepare(&new, crate::prepare::Mode::Run, None).map(|()| new)
+        });
         match prepared {
             Ok(new) => {
                 self.apply(new).await;
