@@ -22,6 +22,7 @@ pub mod demo;
 pub mod escape;
 pub mod files;
 pub mod http;
+pub mod log;
 pub mod metrics;
 pub mod nats;
 pub mod notify;

@@ -104,7 +104,7 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         match cli.command {
             Command::Run { config } => run(config).await,
-            Command::Check { config } => match load_prepared(&config, Mode::Check) {
+            Command::Check { config } => match load_prepared(&config, Mode::Start) {
                 Ok(loaded) => {
                     use std::io::Write;
                     // Not print!: a closed stdout (`check | head`) must not panic.
@@ -163,11 +163,11 @@ fn load_prepared(path: &std::path::Path, mode: Mode) -> Result<Config, String> {
 }
 
 async fn run(path: PathBuf) -> ExitCode {
-    let config = match load_prepared(&path, Mode::Run) {
+    let config = match load_prepared(&path, Mode::Start) {
         Ok(config) => config,
         Err(e) => return fail(e),
     };
-    let reloader: supervisor::Reloader = Box::new(move || load_prepared(&path, Mode::Run));
+    let reloader: supervisor::Reloader = Box::new(move || load_prepared(&path, Mode::Reload));
     relay(&config, Checkpoints::OnDisk, Some(reloader)).await
 }
 
@@ -362,12 +362,13 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
         .with_target(false);
     // journald stamps every line itself; a second timestamp is noise.
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    match (format, under_journald) {
-        (LogFormat::Json, _) => builder.json().init(),
-        (LogFormat::Text, true) => builder.without_time().with_ansi(false).init(),
-        // Colour only for a person at a terminal, never in a file or a pipe.
-        (LogFormat::Text, false) => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder
+            .with_ansi(false)
+            .event_format(sse_relay::log::Text {
+                timestamps: !under_journald,
+            })
             .init(),
     }
 }

@@ -5,9 +5,14 @@
 //! passes here starts; a reload that fails here is refused and the running
 //! configuration keeps running.
 //!
-//! [`Mode::Check`] changes nothing on disk. [`Mode::Run`] also creates the
-//! directories the sinks and checkpoints need, and opens (creating if needed,
-//! never truncating or repairing) every file a file sink will append to.
+//! [`Mode::Start`] (`check` and start-up) changes nothing on disk and refuses
+//! what can never work; a sink directory that is broken now (a file in its
+//! place, a full disk) is not refused: the sink's writes fail and retry, and
+//! its streams wait, until it is repaired. [`Mode::Reload`] goes further,
+//! since refusing costs nothing there (the old configuration keeps running):
+//! it creates the directories the sinks and checkpoints need and opens
+//! (creating if needed, never truncating or repairing) every file a file sink
+//! will append to.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -26,10 +31,10 @@ struct Problem {
 /// Whether preparation may touch the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// `sse-relay check`: look, change nothing.
-    Check,
-    /// Start-up and reload: create directories, open files.
-    Run,
+    /// `sse-relay check` and start-up: look, change nothing.
+    Start,
+    /// A reload: create directories, open files.
+    Reload,
 }
 
 /// Prepares `config`, read from `config_file` (for locating problems; `None`
@@ -163,37 +168,27 @@ fn check_ca_file(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// A directory that exists or (in [`Mode::Run`]) can be created.
+/// A directory that exists or (in [`Mode::Reload`]) can be created.
 fn directory(dir: &Path, mode: Mode) -> Result<(), String> {
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => Ok(()),
         Ok(_) => Err(format!("{} is not a directory", dir.display())),
-        Err(_) if mode == Mode::Run => files::create_dir_all(dir)
+        Err(_) if mode == Mode::Reload => files::create_dir_all(dir)
             .map_err(|e| format!("cannot create directory {}: {e}", dir.display())),
-        Err(_) => {
-            // Check mode: the nearest existing ancestor must be a directory.
-            match dir.ancestors().skip(1).find(|a| a.exists()) {
-                Some(ancestor) if !ancestor.is_dir() => Err(format!(
-                    "{} cannot be created: {} is not a directory",
-                    dir.display(),
-                    ancestor.display()
-                )),
-                _ => Ok(()),
-            }
-        }
+        Err(_) => Ok(()),
     }
 }
 
-/// A file to append to: not a directory, its directory usable, and (in
-/// [`Mode::Run`]) opened for appending once.
+/// A file to append to: not a directory and (on reload) its directory
+/// created and the file opened for appending once.
 fn append_target(path: &Path, mode: Mode) -> Result<(), String> {
     if path.is_dir() {
         return Err(format!("{} is a directory, not a file", path.display()));
     }
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        directory(parent, mode)?;
-    }
-    if mode == Mode::Run {
+    if mode == Mode::Reload {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            directory(parent, mode)?;
+        }
         OpenOptions::new()
             .create(true)
             .append(true)

@@ -329,8 +329,8 @@ impl Router {
                         let after = before + dropped as u64;
                         if before == 0 || before / 10_000 != after / 10_000 {
                             tracing::warn!(
-                                "stream={} sink {} queue is full: dropped event (when_full = \"drop_newest\"; {after} dropped so far)",
-                                self.stream,
+                                stream = %self.stream,
+                                "sink {} queue is full: dropped event (when_full = \"drop_newest\"; {after} dropped so far)",
                                 route.sink
                             );
                         }

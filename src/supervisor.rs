@@ -121,7 +121,7 @@ impl Outcome {
 }
 
 /// Reads the configuration again for a reload and prepares it
-/// ([`crate::prepare`], in `Mode::Run`) before anything running is touched;
+/// ([`crate::prepare`], in `Mode::Reload`) before anything running is touched;
 /// the error text is what `check` would print.
 pub type Reloader = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
 
@@ -142,7 +142,8 @@ pub async fn run_with_reload(
     shutdown: Shutdown,
     reloader: Option<Reloader>,
 ) -> Result<Outcome, RunError> {
-    crate::prepare::prepare(config, crate::prepare::Mode::Run, None).map_err(RunError::Prepare)?;
+    crate::prepare::prepare(config, crate::prepare::Mode::Start, None)
+        .map_err(RunError::Prepare)?;
     let metrics = Arc::new(Metrics::new());
     if let Some(metrics_config) = &config.metrics {
         let addr = metrics
@@ -304,7 +305,7 @@ impl Supervisor<'_> {
         if let Some(id) = &saved {
             if !id.is_empty() {
                 tracing::info!(
-                    "stream={name} resuming from checkpoint, Last-Event-ID {}",
+                    stream = %name, "resuming from checkpoint, Last-Event-ID {}",
                     id.escape_debug()
                 );
             }
@@ -535,7 +536,7 @@ impl Supervisor<'_> {
         let route_names = self.routes_of(&name);
         if route_names.is_empty() {
             tracing::warn!(
-                "stream={name} no sink takes this stream; its events are read and discarded"
+                stream = %name, "no sink takes this stream; its events are read and discarded"
             );
         }
         let routes: Vec<Route> = route_names
@@ -635,7 +636,7 @@ impl Supervisor<'_> {
     /// acknowledged, after a pause so that a bug cannot spin the CPU.
     async fn restart_after_panic(&mut self, running: RunningStream) {
         let name = running.config.name.clone();
-        tracing::error!("stream={name} task panicked (a bug: please report it); restarting it in 1s from its last acknowledged event");
+        tracing::error!(stream = %name, "task panicked (a bug: please report it); restarting it in 1s from its last acknowledged event");
         wait_acknowledged(&running.tracker, self.config.shutdown_timeout).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let from = running.tracker.checkpoint().to_string();
@@ -653,7 +654,7 @@ impl Supervisor<'_> {
         // (`sse-relay run`'s reloader has prepared it already, with the file
         // to locate problems in; an in-process one may not have.)
         let prepared = reloader().and_then(|new| {
-            crate::prepare::prepare(&new, crate::prepare::Mode::Run, None).map(|()| new)
+            crate::prepare::prepare(&new, crate::prepare::Mode::Reload, None).map(|()| new)
         });
         match prepared {
             Ok(new) => {

@@ -361,15 +361,54 @@ async fn drop_newest_sinks_lose_only_their_own_events_and_never_hold_the_checkpo
     )
     .unwrap();
     let log = dir.path().join("relay.log");
-    let status = wait_exit(spawn_relay(&config, &log), Duration::from_secs(30)).await;
-    assert!(status.success());
+    let child = spawn_relay(&config, &log);
+    // The kept sink gets everything and the checkpoint reaches the end while
+    // the lossy sink is still broken.
+    common::wait_for_records(
+        &dir.path().join("kept.jsonl"),
+        5_000,
+        Duration::from_secs(30),
+    )
+    .await;
+    let checkpoint = dir.path().join("state/checkpoints/s.json");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&checkpoint)
+        .unwrap_or_default()
+        .contains("\"last_event_id\":\"5000\"")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the checkpoint did not reach 5000"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The stream has ended (204), but the lossy sink still owes what it
+    // holds: the daemon waits for it until a signal says stop, and then
+    // exits non-zero saying those events are lost for that sink.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut child = child;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "it must not exit while a sink owes events"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = wait_exit(child, Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(3), "{status:?}");
     check_delivery(&dir.path().join("kept.jsonl"), 5_000, 0);
-    let saved = std::fs::read_to_string(dir.path().join("state/checkpoints/s.json")).unwrap();
-    assert!(saved.contains("\"last_event_id\":\"5000\""), "{saved}");
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(
         log.contains("sink lossy queue is full: dropped event"),
         "{log}"
+    );
+    let line = log
+        .lines()
+        .find(|l| l.contains("sink=lossy") && l.contains("never acknowledged"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("lost for it") && !line.contains("sends them again"),
+        "{line}"
     );
 }
 

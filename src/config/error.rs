@@ -100,9 +100,13 @@ fn line_column(source: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// The `[table]` header above `offset`, if any.
+/// The `[table]` header on the line of `offset` (an error about the table
+/// itself, e.g. a missing key) or above it, if any.
 fn enclosing_table(source: &str, offset: usize) -> Option<String> {
-    source[..offset].lines().rev().find_map(|line| {
+    let line_end = source[offset..]
+        .find('\n')
+        .map_or(source.len(), |i| offset + i);
+    source[..line_end].lines().rev().find_map(|line| {
         let line = line.trim();
         let inner = line.strip_prefix("[[").and_then(|l| l.split("]]").next());
         let inner = inner.or_else(|| line.strip_prefix('[').and_then(|l| l.split(']').next()));

@@ -684,6 +684,36 @@ impl Validator<'_> {
         ConfigError::at(self.path, self.source, span, message)
     }
 
+    /// An error about `key` of the table at `span`: at the line that sets the
+    /// key if the table spells it out (a value given as a duration has no
+    /// span of its own), else at the table. The key is named either way.
+    fn error_at_key(
+        &self,
+        span: Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        // The span may cover the header only: read on to the next table.
+        let text = &self.source[span.start.min(self.source.len())..];
+        let mut offset = span.start;
+        let mut at = span.clone();
+        for (n, line) in text.split_inclusive('\n').enumerate() {
+            let trimmed = line.trim_start();
+            if n > 0 && trimmed.starts_with('[') {
+                break;
+            }
+            if let Some((k, _)) = trimmed.split_once('=') {
+                if k.trim().trim_matches('"') == key {
+                    let start = offset + (line.len() - trimmed.len());
+                    at = start..start + key.len();
+                    break;
+                }
+            }
+            offset += line.len();
+        }
+        self.error(at, message).with_key(key.to_owned())
+    }
+
     /// Expands `${VAR}`s in a string value, pointing at the reference on error.
     fn expand(&self, value: &Spanned<String>) -> Result<String, ConfigError> {
         expand(value.get_ref(), |name| (self.env)(name)).map_err(|e| {
@@ -835,11 +865,11 @@ impl Validator<'_> {
         let backoff_max = raw.backoff_max.unwrap_or(Duration::from_secs(60));
         if backoff_initial.is_zero() || backoff_initial > backoff_max {
             return Err(self
-                .error(
+                .error_at_key(
                     span,
+                    "backoff_initial",
                     "`backoff_initial` must be above zero and at most `backoff_max`",
                 )
-                .with_key("backoff_initial")
                 .with_help(format!(
                     "they are {} and {}",
                     humantime::format_duration(backoff_initial),
@@ -849,8 +879,7 @@ impl Validator<'_> {
         let idle_timeout = raw.idle_timeout.unwrap_or(Duration::from_secs(60));
         if idle_timeout.is_zero() {
             return Err(self
-                .error(span, "`idle_timeout` must be above zero")
-                .with_key("idle_timeout")
+                .error_at_key(span, "idle_timeout", "`idle_timeout` must be above zero")
                 .with_help("servers send comments as keep-alives; set it above their interval"));
         }
         let initial_last_event_id = raw

@@ -140,8 +140,8 @@ pub fn request_headers(config: &StreamConfig, last_event_id: &str, credentials: 
                 headers.insert("last-event-id", value);
             }
             Err(_) => tracing::warn!(
-                "stream={} last event id {last_event_id:?} holds control characters and cannot be sent as Last-Event-ID; connecting without it",
-                config.name
+                stream = %config.name,
+                "last event id {last_event_id:?} holds control characters and cannot be sent as Last-Event-ID; connecting without it"
             ),
         }
     }

@@ -89,8 +89,8 @@ impl Stream {
         let backoff = Backoff::new(config.backoff_initial, config.backoff_max, config.retry_max);
         if config.tls_insecure {
             tracing::warn!(
-                "stream={} TLS certificate verification is OFF (tls_insecure = true): anyone on the path can read and forge this stream",
-                config.name
+                stream = %config.name,
+                "TLS certificate verification is OFF (tls_insecure = true): anyone on the path can read and forge this stream"
             );
         }
         Ok(Stream {
@@ -122,8 +122,8 @@ impl Stream {
                 Attempt::NoContent => {
                     self.metrics.set_connection(Connection::Stopped);
                     tracing::warn!(
-                        "stream={} {} answered 204 No Content: the server asks us to stop; this stream will not reconnect",
-                        self.config.name,
+                        stream = %self.config.name,
+                        "{} answered 204 No Content: the server asks us to stop; this stream will not reconnect",
                         self.url_for_logs
                     );
                     return StreamEnd::StoppedByServer;
@@ -145,8 +145,8 @@ impl Stream {
                     {
                         self.metrics.set_connection(Connection::GaveUp);
                         tracing::error!(
-                            "stream={} giving up after {refusals} attempts in a row answered {reason} (give_up_after); this stream will not reconnect until the daemon is reloaded or restarted",
-                            self.config.name
+                            stream = %self.config.name,
+                            "giving up after {refusals} attempts in a row answered {reason} (give_up_after); this stream will not reconnect until the daemon is reloaded or restarted"
                         );
                         return StreamEnd::GaveUp;
                     }
@@ -173,15 +173,15 @@ impl Stream {
             // is for an operator to look at.
             if routine {
                 tracing::info!(
-                    "stream={} reconnecting in {:.1}s after {reason} (attempt {}, {resume})",
-                    self.config.name,
+                    stream = %self.config.name,
+                    "reconnecting in {:.1}s after {reason} (attempt {}, {resume})",
                     delay.as_secs_f64(),
                     self.backoff.attempt(),
                 );
             } else {
                 tracing::warn!(
-                    "stream={} reconnecting in {:.1}s after {reason} (attempt {}, {resume})",
-                    self.config.name,
+                    stream = %self.config.name,
+                    "reconnecting in {:.1}s after {reason} (attempt {}, {resume})",
                     delay.as_secs_f64(),
                     self.backoff.attempt(),
                 );
@@ -283,8 +283,8 @@ impl Stream {
                 .follow(&url, &next)
                 .map_err(|refused| retry(refused.kind(), refused.to_string()))?;
             tracing::debug!(
-                "stream={} {} answered HTTP {}: following the redirect to {} (hop {}, {})",
-                config.name,
+                stream = %config.name,
+                "{} answered HTTP {}: following the redirect to {} (hop {}, {})",
                 http::redact_url(&url),
                 answer.status,
                 http::redact_url(&next),
@@ -342,8 +342,8 @@ impl Stream {
         }
         self.metrics.set_connection(Connection::Connected);
         tracing::info!(
-            "stream={} connected to {} (HTTP {status})",
-            self.config.name,
+            stream = %self.config.name,
+            "connected to {} (HTTP {status})",
             http::redact_url(url)
         );
         Ok(())
@@ -383,8 +383,8 @@ impl Stream {
             let oversized = self.parser.stats().oversized_events;
             if oversized > oversized_before {
                 tracing::warn!(
-                    "stream={} dropped {} event(s) over the size limits (max_line_bytes {}, max_event_bytes {}); {oversized} dropped so far",
-                    self.config.name,
+                    stream = %self.config.name,
+                    "dropped {} event(s) over the size limits (max_line_bytes {}, max_event_bytes {}); {oversized} dropped so far",
                     oversized - oversized_before,
                     self.config.limits.max_line_bytes,
                     self.config.limits.max_event_bytes,
