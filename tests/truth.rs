@@ -559,3 +559,95 @@ fn check_refuses_every_configuration_run_cannot_run_naming_file_line_and_key() {
         assert!(!text.contains("panicked"), "{text}");
     }
 }
+
+#[test]
+fn config_errors_name_the_table_they_are_in_and_the_key_s_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[streams.wiki]\nurl = \"http://h/\"\n[sinks.out]\ntype = \"stdout\"\n",
+            "in [sinks.out]",
+            ":3:",
+        ),
+        (
+            "[streams.wiki]\nheaders = {}\n[sinks.out]\ntype = \"stdout\"\ninputs = [\"*\"]\n",
+            "missing key `url` in [streams.wiki]",
+            ":1:",
+        ),
+        (
+            "[streams.a]\nurl = \"http://h/\"\nurl = \"http://x/\"\n",
+            "[streams.a]",
+            ":3:",
+        ),
+        (
+            "[streams.wiki]\nurl = \"http://h/\"\nbackoff_initial = \"10s\"\nbackoff_max = \"1s\"\n[sinks.out]\ntype = \"stdout\"\ninputs = [\"*\"]\n",
+            "backoff_initial",
+            ":3:",
+        ),
+    ];
+    for (config, expect, at) in cases {
+        let (ok, text) = check(config, dir.path());
+        assert!(!ok, "{text}");
+        assert!(text.contains(expect), "{expect:?} not in:\n{text}");
+        assert!(text.contains(at), "{at} not in:\n{text}");
+        assert!(
+            !text.contains("[streams.wiki]") || !expect.contains("sinks"),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_stream_as_a_field_and_text_logs_no_colour() {
+    // Every other request gets an event, the next a 204: one run each.
+    let sse = TestServer::start(|n, _| match n % 2 {
+        0 => Reply::events([numbered(1, 1)]),
+        _ => Reply::status(204),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}/state\"\n[streams.wiki]\nurl = \"{}\"\nbackoff_initial = \"10ms\"\n[sinks.out]\ntype = \"stdout\"\ninputs = [\"*\"]\n",
+            dir.path().display(),
+            sse.url("/")
+        ),
+    )
+    .unwrap();
+    for format in ["json", "text"] {
+        let output = tokio::task::spawn_blocking({
+            let config = config.clone();
+            move || {
+                common::output_within(
+                    Command::new(env!("CARGO_BIN_EXE_sse-relay"))
+                        .args(["--log-format", format, "run", "--config"])
+                        .arg(&config)
+                        .env_remove("RUST_LOG")
+                        .env_remove("JOURNAL_STREAM"),
+                    Duration::from_secs(20),
+                )
+            }
+        })
+        .await
+        .unwrap();
+        let log = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{log}");
+        assert!(!log.contains('\u{1b}'), "colour codes in:\n{log}");
+        if format == "json" {
+            let connected = log
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .find(|v| {
+                    v["fields"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("connected to"))
+                })
+                .unwrap_or_else(|| panic!("{log}"));
+            assert_eq!(connected["fields"]["stream"], "wiki", "{connected}");
+        } else {
+            common::relay::log_line(&log, &[" INFO stream=wiki connected to "]);
+        }
+    }
+}
