@@ -517,9 +517,13 @@ impl Metrics {
                 get(move || {
                     let metrics = self.clone();
                     async move {
-                        let json = [(header::CONTENT_TYPE, "application/json")];
                         match metrics.health() {
-                            Ok(()) => (StatusCode::OK, json, "{\"status\":\"ok\"}\n".to_owned()),
+                            // As it always was: probes match on it.
+                            Ok(()) => (
+                                StatusCode::OK,
+                                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                                "running\n".to_owned(),
+                            ),
                             Err(problems) => {
                                 let problems: Vec<serde_json::Value> = problems
                                     .into_iter()
@@ -528,7 +532,11 @@ impl Metrics {
                                     })
                                     .collect();
                                 let body = serde_json::json!({"status": "unhealthy", "problems": problems});
-                                (StatusCode::SERVICE_UNAVAILABLE, json, format!("{body}\n"))
+                                (
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    [(header::CONTENT_TYPE, "application/json")],
+                                    format!("{body}\n"),
+                                )
                             }
                         }
                     }

@@ -549,6 +549,12 @@ fn check_refuses_every_configuration_run_cannot_run_naming_file_line_and_key() {
             "",
         ),
         (format!("[streams.{long}]\nurl = \"http://h/\"\n{sink}"), "at most 128", ":1:"),
+        (
+            format!("shutdown_timeout = \"300000000000years\"\n{stream}{sink}"),
+            "at most 10 years",
+            ":1:",
+        ),
+        (format!("{stream}max_redirects = 51\n{sink}"), "max_redirects", ":3:"),
     ];
     for (config, expect, at) in cases {
         let (ok, text) = check(&config, dir.path());

@@ -603,10 +603,19 @@ const DURATION_HELP: &str = "durations are written like \"250ms\", \"30s\", \"2m
 
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let text = String::deserialize(d)?;
-    humantime::parse_duration(&text)
-        .map(Some)
-        .map_err(|e| serde::de::Error::custom(format!("invalid duration `{text}`: {e}")))
+    let value = humantime::parse_duration(&text)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration `{text}`: {e}")))?;
+    if value > MAX_DURATION {
+        return Err(serde::de::Error::custom(format!(
+            "invalid duration `{text}`: durations are at most 10 years"
+        )));
+    }
+    Ok(Some(value))
 }
+
+/// The longest duration any setting takes: far beyond any sensible timeout,
+/// and far from the clock's limits.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// A duration that must be above zero: an interval (a zero period would spin or
 /// panic a timer) or a timeout (zero would fail every attempt).
