@@ -1102,7 +1102,7 @@ async fn a_reload_with_a_shutdown_timeout_near_the_clock_limit_does_not_panic() 
     .await;
     let mut relay = Relay::start_with(
         &server.url("/"),
-        "shutdown_timeout = \"10years\"",
+        "shutdown_timeout = \"9years\"",
         "idle_timeout = \"60s\"",
     );
     common::wait_for_records(&relay.out(), 1, Duration::from_secs(10)).await;

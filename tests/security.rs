@@ -316,12 +316,17 @@ async fn two_gzip_bombs_stay_under_64_mib_and_the_event_after_a_giant_line_arriv
     // one event: each 2-3 MB on the wire. Sizes are chosen for a debug
     // build's speed; the bound does not depend on them (the closing note has
     // the 1 GiB figures from a release build).
-    const SMALL_EVENTS: usize = 120_000;
-    const GIANT_LINE: usize = 768 << 20;
+    // BOMB_MIB=1024 makes both 1 GiB decoded (the closing note's figure).
+    let mib: usize = std::env::var("BOMB_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let small_events: usize = if mib > 0 { mib << 10 } else { 120_000 };
+    let giant_line: usize = if mib > 0 { mib << 20 } else { 768 << 20 };
     let small = {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         let event = format!("data: {}\n\n", "e".repeat(1000));
-        for _ in 0..SMALL_EVENTS {
+        for _ in 0..small_events {
             gz.write_all(event.as_bytes()).unwrap();
         }
         gz.write_all(b"id: last\ndata: end of small\n\n").unwrap();
@@ -331,7 +336,7 @@ async fn two_gzip_bombs_stay_under_64_mib_and_the_event_after_a_giant_line_arriv
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         gz.write_all(b"data: ").unwrap();
         let block = vec![b'g'; 1 << 20];
-        for _ in 0..GIANT_LINE >> 20 {
+        for _ in 0..giant_line >> 20 {
             gz.write_all(&block).unwrap();
         }
         gz.write_all(b"\n\nid: after\ndata: after the giant line\n\n")
@@ -409,7 +414,7 @@ inputs = ["*"]
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines.len(),
-        SMALL_EVENTS + 2,
+        small_events + 2,
         "every small event, and the one after the giant line"
     );
     assert!(
