@@ -17,7 +17,7 @@ use sse_relay::{check, sse};
 #[derive(Parser)]
 #[command(
     name = "sse-relay",
-    version,
+    version = env!("SSE_RELAY_VERSION"),
     about = "Relay Server-Sent Events streams into files, stdout and other sinks, in order and without loss"
 )]
 struct Cli {
@@ -74,6 +74,13 @@ enum Command {
         /// Events the source serves before it answers 204 and the demo ends.
         #[arg(long, default_value_t = 20)]
         events: u64,
+    },
+    /// Print the manual page (roff) to stdout: `sse-relay man | man -l -`.
+    Man,
+    /// Print a shell completion script to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -143,8 +150,31 @@ fn main() -> ExitCode {
                 }
             }
             Command::Demo { events } => demo(events).await,
+            Command::Man => {
+                use clap::CommandFactory;
+                let mut out = Vec::new();
+                match clap_mangen::Man::new(Cli::command()).render(&mut out) {
+                    Ok(()) => write_stdout(&out),
+                    Err(e) => fail(format!("error: cannot render the manual page: {e}")),
+                }
+            }
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                let mut out = Vec::new();
+                clap_complete::generate(shell, &mut Cli::command(), "sse-relay", &mut out);
+                write_stdout(&out)
+            }
         }
     })
+}
+
+/// Writes `bytes` to stdout; a closed stdout is an error exit, not a panic.
+fn write_stdout(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    match std::io::stdout().write_all(bytes) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
 }
 
 fn fail(error: impl std::fmt::Display) -> ExitCode {

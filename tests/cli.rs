@@ -236,3 +236,32 @@ async fn tail_stops_when_its_reader_goes_away() {
     assert!(result.0.contains("\"id\":\"1\""), "{}", result.0);
     assert!(result.1.success(), "{:?}", result.1);
 }
+
+#[test]
+fn man_page_completions_and_version_come_from_the_cli_definitions() {
+    let run = |args: &[&str]| {
+        let output = common::output_within(sse_relay().args(args), Duration::from_secs(20));
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let man = run(&["man"]);
+    assert!(man.contains(".TH sse-relay 1"), "{man}");
+    for subcommand in ["run", "check", "tail", "demo"] {
+        assert!(man.contains(subcommand), "{subcommand} not in the man page");
+    }
+    assert!(
+        run(&["completions", "bash"]).contains("_sse-relay()")
+            || run(&["completions", "bash"]).contains("_sse__relay()")
+    );
+    assert!(run(&["completions", "zsh"]).contains("#compdef sse-relay"));
+    assert!(run(&["completions", "fish"]).contains("complete -c sse-relay"));
+    let version = run(&["--version"]);
+    assert!(
+        version.starts_with(concat!("sse-relay ", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+    // Built from a git checkout here: the commit is named.
+    if std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.git")).exists() {
+        assert!(version.contains("(commit "), "{version}");
+    }
+}
