@@ -461,7 +461,9 @@ impl Metrics {
             match entry.state.load(Ordering::Relaxed) {
                 s if s == Connection::Connected as u8 => counts.connected += 1,
                 s if s == Connection::Reconnecting as u8 => counts.reconnecting += 1,
-                s if s == Connection::Stopped as u8 => counts.stopped += 1,
+                s if s == Connection::Stopped as u8 || s == Connection::GaveUp as u8 => {
+                    counts.stopped += 1
+                }
                 _ => counts.connecting += 1,
             }
         }

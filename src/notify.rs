@@ -57,7 +57,7 @@ pub fn status_line(metrics: &Metrics) -> String {
         line.push_str(&format!(", {} reconnecting", c.reconnecting + c.connecting));
     }
     if c.stopped > 0 {
-        line.push_str(&format!(", {} stopped by their server", c.stopped));
+        line.push_str(&format!(", {} stopped (204 or give_up_after)", c.stopped));
     }
     line
 }

@@ -256,7 +256,8 @@ struct Supervisor<'c> {
     streams: BTreeMap<String, RunningStream>,
     /// Shared with the checkpoint writer.
     checkpoints: Arc<Mutex<BTreeMap<String, Tracked>>>,
-    /// Streams stopped by their server (204) report here, with their generation.
+    /// Stream tasks that ended by themselves (204, give-up, panic) report here,
+    /// with their generation; [`Supervisor::serve`] receives.
     ended_tx: mpsc::UnboundedSender<(String, u64, Ended)>,
     generation: u64,
     reopen: watch::Sender<u64>,
