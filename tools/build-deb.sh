@@ -30,5 +30,7 @@ mkdir -p "$assets"
 "$bin" completions fish >"$assets/sse-relay.fish"
 sed 's|/usr/local/bin/sse-relay|/usr/bin/sse-relay|g' systemd/sse-relay.service >"$assets/sse-relay.service"
 
-cargo deb --no-build --locked --output target/debian/ >&2
+# --strip: the release profile keeps line tables for profiling (debug = 1);
+# the package ships the lean binary.
+cargo deb --no-build --locked --strip --output target/debian/ >&2
 ls -1t target/debian/sse-relay_*.deb | head -n 1
