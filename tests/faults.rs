@@ -11,8 +11,8 @@ mod common;
 use std::io::Write as _;
 
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::relay::{assert_no_panic, data_of, last_event_ids, log_line, log_lines, Relay};
@@ -809,82 +809,27 @@ async fn a_wrong_or_missing_content_type_is_retried_and_its_body_not_relayed() {
 // TLS
 // ---------------------------------------------------------------------------
 
-/// An HTTPS server with a fresh self-signed certificate for 127.0.0.1: it
-/// serves `numbered(1, 2)`, then 204. Returns its address, the certificate as
-/// PEM, and counters of failed handshakes and served requests.
-async fn tls_server() -> (
-    std::net::SocketAddr,
-    String,
-    Arc<AtomicU64>,
-    Arc<Mutex<Vec<common::Request>>>,
-    tokio::task::JoinHandle<()>,
-) {
-    use tokio_rustls::rustls;
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-    let cert_pem = certified.cert.pem();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
-        certified.signing_key.serialize_der(),
-    ));
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![certified.cert.der().clone()], key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let failed = Arc::new(AtomicU64::new(0));
-    let requests = Arc::new(Mutex::new(Vec::new()));
-    let (failed_in, requests_in) = (failed.clone(), requests.clone());
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((socket, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            let failed = failed_in.clone();
-            let requests = requests_in.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(socket).await else {
-                    failed.fetch_add(1, Ordering::SeqCst);
-                    return;
-                };
-                let Some(request) = common::read_request(&mut tls).await else {
-                    return;
-                };
-                let n = {
-                    let mut seen = requests.lock().unwrap();
-                    seen.push(request);
-                    seen.len() - 1
-                };
-                let mut out = if n == 0 {
-                    SSE_HEAD_CLOSE_DELIMITED.to_vec()
-                } else {
-                    b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_vec()
-                };
-                if n == 0 {
-                    out.extend(numbered(1, 2));
-                }
-                let _ = tls.write_all(&out).await;
-                let _ = tls.shutdown().await;
-            });
-        }
-    });
-    (addr, cert_pem, failed, requests, task)
-}
-
 #[tokio::test]
 async fn a_self_signed_certificate_is_refused_unless_ca_file_trusts_it() {
-    let (addr, cert_pem, failed, requests, task) = tls_server().await;
-    let url = format!("https://{addr}/events");
+    // A fresh self-signed certificate for 127.0.0.1; numbered(1, 2), then 204.
+    let server = common::tls::TlsServer::start(|n, _| {
+        let mut out = if n == 0 {
+            SSE_HEAD_CLOSE_DELIMITED.to_vec()
+        } else {
+            b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_vec()
+        };
+        if n == 0 {
+            out.extend(numbered(1, 2));
+        }
+        out
+    })
+    .await;
+    let url = server.url("/events");
 
     // Not trusted: every attempt fails in the handshake, and is retried.
     let mut relay = Relay::start(&url, "");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while failed.load(Ordering::SeqCst) < 3 {
+    while server.failed_handshakes() < 3 {
         relay.assert_running();
         assert!(Instant::now() < deadline, "{}", relay.log_text());
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -892,7 +837,7 @@ async fn a_self_signed_certificate_is_refused_unless_ca_file_trusts_it() {
     let log = relay.stop().await;
     assert!(relay.records().is_empty());
     assert!(
-        requests.lock().unwrap().is_empty(),
+        server.requests().is_empty(),
         "no request gets past the handshake"
     );
     let line = log_line(
@@ -907,7 +852,7 @@ async fn a_self_signed_certificate_is_refused_unless_ca_file_trusts_it() {
 
     // Trusted through ca_file: the stream works.
     let ca = relay.dir.path().join("ca.pem");
-    std::fs::write(&ca, &cert_pem).unwrap();
+    std::fs::write(&ca, &server.cert_pem).unwrap();
     let mut relay = Relay::start(&url, &format!("ca_file = \"{}\"", ca.display()));
     let log = relay.wait_for_exit(WITHIN).await;
     assert_eq!(relay.ids(), ["1", "2"]);
@@ -915,7 +860,6 @@ async fn a_self_signed_certificate_is_refused_unless_ca_file_trusts_it() {
         &log,
         &["stream=s connected to https://127.0.0.1", "(HTTP 200 OK)"],
     );
-    task.abort();
 }
 
 // ---------------------------------------------------------------------------

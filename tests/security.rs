@@ -302,12 +302,7 @@ async fn an_encoding_it_cannot_decode_fails_the_attempt_naming_it_with_its_own_m
 
 /// Peak RSS (VmHWM) of a process, in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    common::process_usage(pid).map_or(0, |(_, _, peak)| peak)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,6 +18,7 @@ pub struct TlsServer {
     /// The certificate as PEM, for a stream's `ca_file`.
     pub cert_pem: String,
     requests: Arc<Mutex<Vec<Request>>>,
+    failed: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -45,14 +46,18 @@ impl TlsServer {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let handler: Arc<Handler> = Arc::new(handler);
         let seen = requests.clone();
+        let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let failed_in = failed.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((socket, _)) = listener.accept().await else {
                     return;
                 };
                 let (acceptor, handler, seen) = (acceptor.clone(), handler.clone(), seen.clone());
+                let failed = failed_in.clone();
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(socket).await else {
+                        failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         return;
                     };
                     let Some(request) = read_request(&mut tls).await else {
@@ -73,6 +78,7 @@ impl TlsServer {
             addr,
             cert_pem,
             requests,
+            failed,
             task,
         }
     }
@@ -83,6 +89,12 @@ impl TlsServer {
 
     pub fn requests(&self) -> Vec<Request> {
         self.requests.lock().unwrap().clone()
+    }
+
+    /// Connections whose TLS handshake failed (the client refused the
+    /// certificate, say).
+    pub fn failed_handshakes(&self) -> u64 {
+        self.failed.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
