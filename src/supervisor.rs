@@ -48,7 +48,8 @@ use crate::config::{
 };
 use crate::metrics::{Metrics, Stage};
 use crate::notify;
-use crate::route::{self, Budget, Route, Router};
+use crate::route::{Route, Router};
+use crate::sink::queue::{self, Budget};
 use crate::sink::{self, Delivery, FileSink, NatsSink, SinkTask, StdoutSink, WebhookSink};
 use crate::stream::{Stream, StreamEnd};
 
@@ -494,7 +495,7 @@ impl Supervisor<'_> {
                 task: handle,
                 dropped,
                 budget: Budget::counting(
-                    route::DEFAULT_QUEUE_BYTES,
+                    queue::DEFAULT_QUEUE_BYTES,
                     config.queue_size,
                     unacknowledged,
                 ),
