@@ -29,6 +29,7 @@ pub mod notify;
 pub mod prepare;
 pub mod record;
 pub mod route;
+pub mod shutdown;
 pub mod sink;
 pub mod sse;
 pub mod stream;

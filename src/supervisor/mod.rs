@@ -30,28 +30,35 @@
 //! start, release (stop, wait for acknowledgements, save the checkpoint) or
 //! forget (lease lost: the coordinator already cancelled it).
 
+mod cluster;
+mod drain;
+mod reload;
+
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::AckTracker;
 use crate::checkpoint::{CheckpointBackend, CheckpointError, CheckpointStore, Tracked};
-use crate::cluster::{Cluster, Command};
+use crate::cluster::Cluster;
 use crate::config::{
     CheckpointBackendConfig, Config, SinkConfig, SinkKind, StreamConfig, WhenFull,
 };
 use crate::metrics::{Metrics, Stage};
 use crate::notify;
 use crate::route::{Route, Router};
+pub use crate::shutdown::Shutdown;
 use crate::sink::queue::{self, Budget};
 use crate::sink::{self, Delivery, FileSink, NatsSink, SinkTask, StdoutSink, WebhookSink};
 use crate::stream::{Stream, StreamEnd};
+use cluster::next_command;
+use drain::{drain_sinks, Drain};
 
 /// Why the daemon could not run.
 #[derive(Debug)]
@@ -87,15 +94,6 @@ impl std::fmt::Display for RunError {
 }
 
 impl std::error::Error for RunError {}
-
-/// What ends or changes a run: `drain` stops reading and drains the sinks;
-/// `abort` stops waiting for them; `reload` re-reads the configuration.
-#[derive(Debug, Clone, Default)]
-pub struct Shutdown {
-    pub drain: CancellationToken,
-    pub abort: CancellationToken,
-    pub reload: Arc<Notify>,
-}
 
 /// Whether checkpoints are kept on disk (`run`) or only in memory (`tail`, `demo`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -646,229 +644,6 @@ impl Supervisor<'_> {
             tracing::error!("{e}; stream not restarted");
         }
     }
-
-    async fn reload(&mut self, reloader: &Reloader) {
-        notify::reloading();
-        // Not a health problem: the streams that do not change keep running.
-        tracing::info!("reloading the configuration");
-        // Everything that can fail is tried before anything running is
-        // touched: a reload that cannot be run leaves the old one running.
-        // (`sse-relay run`'s reloader has prepared it already, with the file
-        // to locate problems in; an in-process one may not have.)
-        let prepared = reloader().and_then(|new| {
-            crate::prepare::prepare(&new, crate::prepare::Mode::Reload, None).map(|()| new)
-        });
-        match prepared {
-            Ok(new) => {
-                self.apply(new).await;
-                self.metrics.reloaded(true);
-            }
-            Err(error) => {
-                self.metrics.reloaded(false);
-                tracing::error!(
-                    "reload refused, the running configuration stays in force:\n{error}"
-                )
-            }
-        }
-        // File sinks reopen their files (logrotate's postrotate sends SIGHUP).
-        self.reopen.send_modify(|generation| *generation += 1);
-        notify::ready(&notify::status_line(&self.metrics));
-    }
-
-    /// Moves from the running configuration to `new`, touching only what changed.
-    async fn apply(&mut self, new: Config) {
-        if new.metrics != self.config.metrics {
-            tracing::warn!("[metrics] changes take effect at the next restart");
-        }
-        let changed_sinks: BTreeSet<String> = self
-            .sinks
-            .iter()
-            .filter(|(name, running)| new.sinks.get(*name) != Some(&running.config))
-            .map(|(name, _)| name.clone())
-            .collect();
-        self.config = Cow::Owned(new);
-        let mut to_stop = Vec::new();
-        for (name, running) in &self.streams {
-            let unchanged = self.config.streams.get(name) == Some(&*running.config)
-                && self.routes_of(name) == running.routes
-                && !running
-                    .routes
-                    .iter()
-                    .any(|sink| changed_sinks.contains(sink));
-            if !unchanged {
-                to_stop.push(name.clone());
-            }
-        }
-
-        // Stop the streams that go or change, and wait until what they queued is
-        // acknowledged (or the sink is about to be replaced anyway).
-        let mut resume = BTreeMap::new();
-        for name in &to_stop {
-            let Some(running) = self.streams.remove(name) else {
-                continue;
-            };
-            running.stop.cancel();
-            let _ = running.task.await;
-            if !running
-                .routes
-                .iter()
-                .any(|sink| changed_sinks.contains(sink))
-            {
-                wait_acknowledged(&running.tracker, self.config.shutdown_timeout).await;
-            }
-            resume.insert(name.clone(), running.tracker);
-        }
-        let stopping: Vec<RunningSink> = changed_sinks
-            .iter()
-            .filter_map(|name| self.sinks.remove(name))
-            .collect();
-        drain_sinks(
-            stopping,
-            Drain::Timeout,
-            self.config.shutdown_timeout,
-            &self.shutdown.abort,
-        )
-        .await;
-
-        // Save where the stopped streams got to; forget the removed ones.
-        let mut removed = Vec::new();
-        if let Some(store) = &self.store {
-            flush_blocking(store, &self.checkpoints, to_stop.clone()).await;
-            let mut checkpoints = lock(&self.checkpoints);
-            for name in &to_stop {
-                if !self.config.streams.contains_key(name) {
-                    checkpoints.remove(name);
-                    removed.push(name.clone());
-                }
-            }
-        } else {
-            removed.extend(
-                to_stop
-                    .iter()
-                    .filter(|n| !self.config.streams.contains_key(*n))
-                    .cloned(),
-            );
-        }
-        for name in &removed {
-            self.metrics.remove_stream(name);
-        }
-
-        let new_sinks: Vec<SinkConfig> = self
-            .config
-            .sinks
-            .values()
-            .filter(|sink| !self.sinks.contains_key(&sink.name))
-            .cloned()
-            .collect();
-        for sink in &new_sinks {
-            if let Err(e) = self.start_sink(sink) {
-                tracing::error!("{e}; its streams run without it until the next reload");
-            }
-        }
-        let mut added = 0;
-        let mut restarted = 0;
-        // In a cluster only the streams we held restart here; new ones are
-        // claimed by the coordinator.
-        let starting: Vec<StreamConfig> = self
-            .config
-            .streams
-            .values()
-            .filter(|s| !self.streams.contains_key(&s.name))
-            .filter(|s| self.cluster.is_none() || resume.contains_key(&s.name))
-            .cloned()
-            .collect();
-        for stream in starting {
-            let from = match resume.get(&stream.name) {
-                Some(tracker) => {
-                    restarted += 1;
-                    tracker.checkpoint().to_string()
-                }
-                None => {
-                    added += 1;
-                    match self.resume_point(&stream.name, &stream).await {
-                        Ok(from) => from,
-                        Err(e) => {
-                            tracing::error!("{e}; stream not started");
-                            continue;
-                        }
-                    }
-                }
-            };
-            if let Err(e) = self.start_stream(stream, &from) {
-                tracing::error!("{e}; stream not started");
-            }
-        }
-        if let Some(cluster) = &self.cluster {
-            cluster.set_streams(self.config.streams.keys().cloned().collect());
-        }
-        let kept = self.streams.len().saturating_sub(added + restarted);
-        tracing::info!(
-            "reloaded: {kept} stream(s) unchanged, {added} added, {restarted} restarted, {} removed; {} sink(s) replaced or removed, {} started",
-            removed.len(),
-            changed_sinks.len(),
-            new_sinks.len()
-        );
-    }
-}
-
-impl Supervisor<'_> {
-    /// Carries out what the cluster coordinator asks.
-    async fn cluster_command(&mut self, command: Command) {
-        match command {
-            Command::Start { stream, started } => {
-                let token = match self.streams.get(&stream) {
-                    Some(running) => Some(running.stop.clone()),
-                    None => self.start_claimed(&stream).await,
-                };
-                let _ = started.send(token);
-            }
-            Command::Release { stream, done } => {
-                if let Some(running) = self.streams.remove(&stream) {
-                    running.stop.cancel();
-                    let _ = running.task.await;
-                    wait_acknowledged(&running.tracker, self.config.shutdown_timeout).await;
-                    if let Some(store) = &self.store {
-                        flush_blocking(store, &self.checkpoints, vec![stream.clone()]).await;
-                    }
-                }
-                lock(&self.checkpoints).remove(&stream);
-                let _ = done.send(());
-            }
-            Command::Forget { stream } => {
-                if let Some(running) = self.streams.remove(&stream) {
-                    running.stop.cancel();
-                }
-                lock(&self.checkpoints).remove(&stream);
-            }
-        }
-    }
-
-    /// Starts a stream whose lease we just took, from the shared checkpoint.
-    async fn start_claimed(&mut self, name: &str) -> Option<CancellationToken> {
-        let config = self.config.streams.get(name)?.clone();
-        // Another instance may have saved it since we last ran it.
-        lock(&self.checkpoints).remove(name);
-        let from = match self.resume_point(name, &config).await {
-            Ok(from) => from,
-            Err(e) => {
-                tracing::error!("{e}; stream not started, its lease is given back");
-                return None;
-            }
-        };
-        if let Err(e) = self.start_stream(config, &from) {
-            tracing::error!("{e}; stream not started, its lease is given back");
-            return None;
-        }
-        self.streams.get(name).map(|running| running.stop.clone())
-    }
-}
-
-/// The next command of the cluster coordinator; never, without a cluster.
-async fn next_command(cluster: &mut Option<Cluster>) -> Option<Command> {
-    match cluster {
-        Some(cluster) => cluster.commands.recv().await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Saves the checkpoints of `names` on a blocking thread (fsync, or a NATS
@@ -905,75 +680,6 @@ async fn wait_acknowledged(tracker: &AckTracker, timeout: Duration) {
     while tracker.has_in_flight() && deadline.is_none_or(|d| tokio::time::Instant::now() < d) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// How long [`drain_sinks`] waits.
-enum Drain<'a> {
-    /// Up to `shutdown_timeout` (a signal asked to stop).
-    Timeout,
-    /// Until the sinks are done, however long; once this token fires (a
-    /// signal), up to `shutdown_timeout` more.
-    UntilSignal(&'a CancellationToken),
-}
-
-/// Closes the sinks' queues and waits for them to write what they hold, as
-/// `until` says or until `abort` fires; then stops them.
-async fn drain_sinks(
-    sinks: Vec<RunningSink>,
-    until: Drain<'_>,
-    timeout: Duration,
-    abort: &CancellationToken,
-) {
-    if sinks.is_empty() {
-        return;
-    }
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut aborts = Vec::new();
-    for sink in sinks {
-        drop(sink.queue);
-        let task = sink.task;
-        tasks.spawn(async move {
-            let _ = task.await;
-        });
-        aborts.push(sink.abort);
-    }
-    {
-        let all_done = async { while tasks.join_next().await.is_some() {} };
-        tokio::pin!(all_done);
-        let timed = match until {
-            Drain::Timeout => true,
-            Drain::UntilSignal(signal) => tokio::select! {
-                _ = &mut all_done => false,
-                _ = signal.cancelled() => {
-                    tracing::info!(
-                        "signal while the sinks drain: waiting up to shutdown_timeout ({}) more",
-                        humantime::format_duration(timeout)
-                    );
-                    true
-                }
-                _ = abort.cancelled() => false,
-            },
-        };
-        if timed {
-            tokio::select! {
-                _ = &mut all_done => {}
-                _ = tokio::time::sleep(timeout) => {
-                    tracing::warn!(
-                        "sinks did not finish within shutdown_timeout ({})",
-                        humantime::format_duration(timeout)
-                    );
-                }
-                _ = abort.cancelled() => {}
-            }
-        }
-    }
-    if abort.is_cancelled() {
-        tracing::warn!("second signal: not waiting for sinks");
-    }
-    for abort in aborts {
-        abort.cancel();
-    }
-    while tasks.join_next().await.is_some() {}
 }
 
 /// Saves moved checkpoints every `interval`, and once more when stopped.
