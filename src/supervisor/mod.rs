@@ -160,7 +160,7 @@ pub async fn run_with_reload(
         )),
         (Checkpoints::OnDisk, CheckpointBackendConfig::Nats(nats)) => {
             Some(CheckpointBackend::Nats(Box::new(
-                crate::nats::KvCheckpoints::open(nats)
+                crate::checkpoint::KvCheckpoints::open(nats)
                     .await
                     .map_err(|problem| {
                         RunError::Checkpoint(CheckpointError {

@@ -1,6 +1,9 @@
-//! Per-stream resume points in the state directory.
+//! Per-stream resume points, and the writer that saves them.
 //!
-//! Each stream has one small JSON file, `<data_dir>/checkpoints/<stream>.json`:
+//! Two back ends keep them side by side: [`local`] (the default) has one small
+//! JSON file per stream, `<data_dir>/checkpoints/<stream>.json`, and
+//! [`nats_kv`] a key per stream in a JetStream key-value bucket every instance
+//! can read. Both store the same record:
 //!
 //! ```text
 //! {"stream":"wiki","last_event_id":"12345","saved_at":"2026-11-25T23:36:07Z"}
@@ -12,14 +15,16 @@
 //! never a mix. A file that exists but cannot be read or understood stops the
 //! daemon with an error naming it: silently starting over could skip events.
 //!
-//! [`CheckpointBackend`] puts this store and the shared one in a JetStream
-//! key-value bucket (`[checkpoints] backend = "nats"`, see
-//! [`crate::nats::KvCheckpoints`]) behind one interface; the value stored there
-//! is the same JSON as the file.
+//! [`CheckpointBackend`] puts both behind one interface.
 
-use std::fs;
+pub mod local;
+pub mod nats_kv;
+
+pub use local::CheckpointStore;
+pub use nats_kv::KvCheckpoints;
+
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -55,62 +60,8 @@ struct CheckpointFile {
     saved_at: Option<String>,
 }
 
-/// The checkpoints of every stream, in one directory.
-#[derive(Debug, Clone)]
-pub struct CheckpointStore {
-    dir: PathBuf,
-}
-
-impl CheckpointStore {
-    /// Opens (creating if needed) `<data_dir>/checkpoints`.
-    pub fn open(data_dir: &Path) -> Result<Self, CheckpointError> {
-        let dir = data_dir.join("checkpoints");
-        crate::files::create_dir_all(&dir).map_err(|e| CheckpointError {
-            path: dir.clone(),
-            problem: format!("cannot create the checkpoint directory: {e}"),
-            help:
-                "set `data_dir` to a directory this user can write (StateDirectory= under systemd)"
-                    .into(),
-        })?;
-        Ok(CheckpointStore { dir })
-    }
-
-    pub fn path(&self, stream: &str) -> PathBuf {
-        self.dir.join(format!("{stream}.json"))
-    }
-
-    /// The saved last event id of `stream`, or `None` if it has no checkpoint yet.
-    pub fn load(&self, stream: &str) -> Result<Option<String>, CheckpointError> {
-        let path = self.path(stream);
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(CheckpointError {
-                    path,
-                    problem: format!("cannot be read: {e}"),
-                    help: "fix its permissions so the daemon's user can read it".into(),
-                })
-            }
-        };
-        let way_out = format!(
-            "fix it by hand ({{\"stream\":\"{stream}\",\"last_event_id\":\"<id>\"}}), or delete it to \
-             start from `initial_last_event_id` (events since the last checkpoint may then be missed)"
-        );
-        decode(stream, text.as_bytes(), path, way_out).map(Some)
-    }
-
-    /// Atomically replaces the checkpoint of `stream`.
-    pub fn save(&self, stream: &str, last_event_id: &str) -> io::Result<()> {
-        let bytes = encode(stream, last_event_id)?;
-        // An exclusive, randomly named temporary file: a symlink planted in
-        // the directory is never followed.
-        crate::files::replace(&self.path(stream), &bytes, crate::files::STATE_MODE)
-    }
-}
-
 /// The checkpoint record of `stream`, as stored by every backend.
-fn encode(stream: &str, last_event_id: &str) -> io::Result<Vec<u8>> {
+pub(crate) fn encode(stream: &str, last_event_id: &str) -> io::Result<Vec<u8>> {
     let record = CheckpointFile {
         stream: stream.to_owned(),
         last_event_id: last_event_id.to_owned(),
@@ -123,7 +74,7 @@ fn encode(stream: &str, last_event_id: &str) -> io::Result<Vec<u8>> {
 
 /// The last event id in a stored record, refusing one that is corrupt or
 /// belongs to another stream.
-fn decode(
+pub(crate) fn decode(
     stream: &str,
     bytes: &[u8],
     path: PathBuf,
@@ -150,7 +101,7 @@ fn decode(
 pub enum CheckpointBackend {
     Local(CheckpointStore),
     /// Boxed: a key-value handle is large, and cloned once per save round.
-    Nats(Box<crate::nats::KvCheckpoints>),
+    Nats(Box<KvCheckpoints>),
 }
 
 impl CheckpointBackend {
@@ -236,29 +187,5 @@ impl Tracked {
                 )
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn saves_and_loads_and_refuses_corruption() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path()).unwrap();
-        assert_eq!(store.load("wiki").unwrap(), None);
-        store.save("wiki", "12\"34").unwrap();
-        assert_eq!(store.load("wiki").unwrap().as_deref(), Some("12\"34"));
-        store.save("wiki", "99").unwrap();
-        assert_eq!(store.load("wiki").unwrap().as_deref(), Some("99"));
-        std::fs::write(store.path("wiki"), "{\"stream\":\"wi").unwrap();
-        let err = store.load("wiki").unwrap_err();
-        let text = err.to_string();
-        assert!(
-            text.contains("wiki.json") && text.contains("corrupt"),
-            "{text}"
-        );
-        assert!(text.contains("delete it"), "{text}");
     }
 }
