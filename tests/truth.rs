@@ -657,3 +657,70 @@ async fn json_logs_carry_the_stream_as_a_field_and_text_logs_no_colour() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_is_not_unhealthy_and_a_removed_streams_series_all_go() {
+    let a = common::NumberedServer::start(u64::MAX, 1, Duration::from_millis(20)).await;
+    let b = common::NumberedServer::start(u64::MAX, 1, Duration::from_millis(20)).await;
+    let port = common::free_port();
+    let config = format!(
+        r#"
+data_dir = "{{d}}/state"
+[metrics]
+listen = "127.0.0.1:{port}"
+[streams.a]
+url = "{a}"
+[streams.b]
+url = "{b}"
+[sinks.out]
+type = "file"
+inputs = ["*"]
+path = "{{d}}/{{stream}}.jsonl"
+"#,
+        a = a.url(),
+        b = b.url()
+    );
+    let mut daemon = Daemon::start(&config);
+    common::wait_for_records(
+        &daemon.dir.path().join("b.jsonl"),
+        3,
+        Duration::from_secs(20),
+    )
+    .await;
+    let before = common::http_get(port, "/metrics").await.unwrap();
+    assert!(before.contains("stream=\"b\""), "{before}");
+    // Remove stream b, and watch /health all through the reload.
+    let text = std::fs::read_to_string(&daemon.config).unwrap();
+    let without_b = text.replace(&format!("[streams.b]\nurl = \"{}\"\n", b.url()), "");
+    assert_ne!(text, without_b);
+    std::fs::write(&daemon.config, without_b).unwrap();
+    daemon.signal("HUP");
+    let watch_until = Instant::now() + Duration::from_millis(1500);
+    let mut polls = 0;
+    while Instant::now() < watch_until {
+        let response = reqwest::get(format!("http://127.0.0.1:{port}/health"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+        polls += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(polls > 20);
+    daemon.assert_running();
+    let log = daemon.log();
+    assert!(log.contains("1 removed"), "{log}");
+    let after = common::http_get(port, "/metrics").await.unwrap();
+    let left: Vec<&str> = after
+        .lines()
+        .filter(|l| l.contains("stream=\"b\""))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "series of the removed stream remain: {left:?}"
+    );
+    assert!(after.contains("stream=\"a\""), "{after}");
+    assert!(
+        after.contains("sse_relay_config_reloads_total{result=\"ok\"} 1"),
+        "{after}"
+    );
+}
