@@ -110,12 +110,6 @@ impl Chain {
         }
     }
 
-    /// Whether the first request carries credentials (always: the operator
-    /// chose its URL).
-    pub fn first_hop(&self) -> Hop {
-        Hop { credentials: true }
-    }
-
     /// Decides on a redirect from `from` to `to`.
     pub fn follow(&mut self, from: &Url, to: &Url) -> Result<Hop, Refused> {
         if !matches!(to.scheme(), "http" | "https") {
