@@ -64,6 +64,17 @@ pub fn prepare(config: &Config, mode: Mode, config_file: Option<&Path>) -> Resul
             });
         }
     }
+    if let CheckpointBackendConfig::Nats(nats) = &config.checkpoints {
+        if let Some(ca_file) = &nats.connection.ca_file {
+            if let Err(message) = check_ca_file(ca_file) {
+                problems.push(Problem {
+                    table: "checkpoints".to_owned(),
+                    key: "ca_file",
+                    message,
+                });
+            }
+        }
+    }
     for sink in config.sinks.values() {
         let table = format!("sinks.{}", sink.name);
         let mut fail = |key: &'static str, message: String| {
@@ -101,7 +112,14 @@ pub fn prepare(config: &Config, mode: Mode, config_file: Option<&Path>) -> Resul
                     }
                 }
             }
-            SinkKind::Stdout | SinkKind::Nats(_) => {}
+            SinkKind::Nats(nats) => {
+                if let Some(ca_file) = &nats.connection.ca_file {
+                    if let Err(problem) = check_ca_file(ca_file) {
+                        fail("ca_file", problem);
+                    }
+                }
+            }
+            SinkKind::Stdout => {}
         }
     }
     if problems.is_empty() {

@@ -555,6 +555,11 @@ fn check_refuses_every_configuration_run_cannot_run_naming_file_line_and_key() {
             ":1:",
         ),
         (format!("{stream}max_redirects = 51\n{sink}"), "max_redirects", ":3:"),
+        (
+            format!("{stream}[sinks.n]\ntype = \"nats\"\ninputs = [\"*\"]\nurl = \"nats://127.0.0.1:4222\"\nsubject = \"x\"\nca_file = \"{{d}}/missing-nats-ca.pem\"\n"),
+            "missing-nats-ca.pem",
+            ":8:",
+        ),
     ];
     for (config, expect, at) in cases {
         let (ok, text) = check(&config, dir.path());
