@@ -167,6 +167,7 @@ mod tests {
     fn url_text_loses_user_info() {
         assert_eq!(redact_url_text("nats://u:p@host:4222"), "nats://host:4222");
         assert_eq!(redact_url_text("tls://host:4222"), "tls://host:4222");
+        assert_eq!(redact_url_text("nats://u@host:4222"), "nats://host:4222");
         assert!(!redact_url_text("weird://u:secret@@x").contains("secret"));
         assert_eq!(redact_url_text("no scheme secret"), "(unparsable URL)");
     }

@@ -15,14 +15,10 @@ impl Supervisor<'_> {
         notify::reloading();
         // Not a health problem: the streams that do not change keep running.
         tracing::info!("reloading the configuration");
-        // Everything that can fail is tried before anything running is
-        // touched: a reload that cannot be run leaves the old one running.
-        // (`sse-relay run`'s reloader has prepared it already, with the file
-        // to locate problems in; an in-process one may not have.)
-        let prepared = reloader().and_then(|new| {
-            crate::prepare::prepare(&new, crate::prepare::Mode::Reload, None).map(|()| new)
-        });
-        match prepared {
+        // The reloader reads and prepares the new configuration (see
+        // [`Reloader`]): one that cannot be run is refused here, before
+        // anything running is touched, and the old one keeps running.
+        match reloader() {
             Ok(new) => {
                 self.apply(new).await;
                 self.metrics.reloaded(true);
