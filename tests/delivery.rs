@@ -30,17 +30,9 @@ fn spawn_relay(config: &Path, log: &Path) -> Child {
 
 /// Waits for the child to exit by itself.
 async fn wait_exit(mut child: Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("sse-relay did not finish within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::exit_within(&mut child, within)
+        .await
+        .unwrap_or_else(|| panic!("sse-relay did not finish within {within:?}"))
 }
 
 /// The ids in a JSON-lines file, in file order.

@@ -62,18 +62,11 @@ impl Daemon {
 
     /// The exit code, failing the test (with the log) after `within`.
     async fn exit_code(&mut self, within: Duration) -> i32 {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(!self.log().contains("panicked"), "{}", self.log());
-                return status.code().expect("exited, not killed");
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("the daemon did not exit within {within:?}:\n{}", self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let Some(status) = common::exit_within(&mut self.child, within).await else {
+            panic!("the daemon did not exit within {within:?}:\n{}", self.log());
+        };
+        assert!(!self.log().contains("panicked"), "{}", self.log());
+        status.code().expect("exited, not killed")
     }
 
     #[track_caller]

@@ -641,3 +641,24 @@ pub fn output_within(
         stderr: err.join().unwrap(),
     }
 }
+
+/// Waits up to `within` for `child` to exit by itself; past that, kills it
+/// and returns `None`, so the caller fails the test with its own context
+/// instead of hanging.
+pub async fn exit_within(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

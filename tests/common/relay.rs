@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct Relay {
     pub dir: tempfile::TempDir,
@@ -177,20 +177,11 @@ path = "{o}"
     /// checks it exited cleanly and did not panic. Returns the log.
     pub async fn wait_for_exit(&mut self, within: Duration) -> String {
         let mut child = self.child.take().expect("running");
-        let deadline = Instant::now() + within;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "sse-relay did not stop within {within:?}; log:\n{}",
-                    self.log_text()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let Some(status) = super::exit_within(&mut child, within).await else {
+            panic!(
+                "sse-relay did not stop within {within:?}; log:\n{}",
+                self.log_text()
+            );
         };
         let log = self.log_text();
         assert!(status.success(), "sse-relay exited with {status:?}:\n{log}");
