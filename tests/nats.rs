@@ -25,23 +25,34 @@ struct NatsServer {
     child: Child,
     port: u16,
     store: PathBuf,
-    _dir: Option<tempfile::TempDir>,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl NatsServer {
+    /// Starts a server on a free port, trying another port if the chosen one
+    /// was taken between choosing and binding.
     fn start() -> NatsServer {
         let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().to_path_buf();
-        let port = free_port();
-        let child = spawn_nats(port, &store);
-        let server = NatsServer {
-            child,
-            port,
-            store,
-            _dir: Some(dir),
-        };
-        wait_for_port(port);
-        server
+        let store = dir.path().join("store");
+        let log = dir.path().join("nats-server.log");
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = spawn_nats(port, &store, &log);
+            if wait_ready(&mut child, port, &log) {
+                return NatsServer {
+                    child,
+                    port,
+                    store,
+                    log,
+                    _dir: dir,
+                };
+            }
+        }
+        panic!(
+            "nats-server did not start on any of 5 ports:\n{}",
+            read_log(&log)
+        );
     }
 
     fn url(&self) -> String {
@@ -64,10 +75,21 @@ impl NatsServer {
         let _ = self.child.wait();
     }
 
-    /// Starts again on the same port with the same store.
+    /// Starts again on the same port with the same store. The port can be
+    /// briefly held by a closing socket; the start is retried for a while.
     fn restart(&mut self) {
-        self.child = spawn_nats(self.port, &self.store);
-        wait_for_port(self.port);
+        for _ in 0..10 {
+            self.child = spawn_nats(self.port, &self.store, &self.log);
+            if wait_ready(&mut self.child, self.port, &self.log) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        panic!(
+            "nats-server did not start again on port {}:\n{}",
+            self.port,
+            read_log(&self.log)
+        );
     }
 }
 
@@ -77,12 +99,18 @@ impl Drop for NatsServer {
     }
 }
 
-fn spawn_nats(port: u16, store: &Path) -> Child {
+/// Starts `nats-server -js` on `port`, appending its log to `log`.
+fn spawn_nats(port: u16, store: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
     Command::new("nats-server")
         .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
         .arg(store)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap_or_else(|e| {
             panic!(
@@ -91,6 +119,10 @@ fn spawn_nats(port: u16, store: &Path) -> Child {
                  (apt-get install nats-server)"
             )
         })
+}
+
+fn read_log(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
 }
 
 /// A free port for a nats-server, below the kernel's ephemeral range
@@ -110,20 +142,49 @@ fn free_port() -> u16 {
     }
 }
 
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nats-server did not listen on {port}"
-        );
+/// Waits until `child` answers on `port` as a NATS server does (its `INFO`
+/// line): a bare TCP connect is not proof, since it can reach some other
+/// listener, or even connect the socket to itself. False if the server
+/// exited (a port taken, say); panics with its log if it neither exits nor
+/// answers within 15 s.
+fn wait_ready(child: &mut Child, port: u16, log: &Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if answers_as_nats(port) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "nats-server did not answer on {port} within 15 s:\n{}",
+                read_log(log)
+            );
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
+/// Whether a NATS server greets a connection to `port` with its `INFO` line.
+fn answers_as_nats(port: u16) -> bool {
+    use std::io::Read;
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut socket) = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1))
+    else {
+        return false;
+    };
+    let _ = socket.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut greeting = [0u8; 5];
+    socket.read_exact(&mut greeting).is_ok() && &greeting == b"INFO "
+}
+
 /// The server shared by the tests that do not kill it: `NATS_URL`, or one
-/// started here under a shell that kills it when this process exits (its
-/// stdin, held open by this process, closes then).
+/// started here under a shell that exits with it, and that kills it and
+/// removes its store when this process exits (the shell's stdin, held open by
+/// this process, closes then). The shell hands its stdin to the background
+/// reader as fd 3: a background job's own stdin is /dev/null.
 fn shared_url() -> String {
     static SHARED: OnceLock<(String, Option<std::sync::Mutex<Child>>)> = OnceLock::new();
     SHARED
@@ -131,31 +192,35 @@ fn shared_url() -> String {
             Ok(url) if !url.is_empty() => (url, None),
             _ => {
                 let dir = tempfile::tempdir().unwrap().keep();
-                let port = free_port();
-                let script = format!(
-                    "command -v nats-server >/dev/null || exit 127; \
-                     nats-server -js -a 127.0.0.1 -p {port} -sd '{}' >/dev/null 2>&1 & \
-                     read _; kill $!; rm -rf '{}'",
-                    dir.display(),
-                    dir.display()
-                );
-                let mut child = Command::new("sh")
-                    .args(["-c", &script])
-                    .stdin(Stdio::piped())
-                    .spawn()
-                    .unwrap();
-                std::thread::sleep(Duration::from_millis(50));
-                if let Ok(Some(_)) = child.try_wait() {
-                    panic!(
-                        "NATS_URL is not set and nats-server is not installed: these tests \
-                         need NATS with JetStream (apt-get install nats-server, or set NATS_URL)"
+                let log = dir.join("nats-server.log");
+                for _ in 0..5 {
+                    let port = free_port();
+                    let script = format!(
+                        "command -v nats-server >/dev/null || exit 127; exec 3<&0; \
+                         nats-server -js -a 127.0.0.1 -p {port} -sd '{dir}/store' \
+                         >/dev/null 2>>'{dir}/nats-server.log' & n=$!; \
+                         (read _ <&3; kill $n; rm -rf '{dir}') & wait $n",
+                        dir = dir.display(),
                     );
+                    let mut child = Command::new("sh")
+                        .args(["-c", &script])
+                        .stdin(Stdio::piped())
+                        .spawn()
+                        .unwrap();
+                    if wait_ready(&mut child, port, &log) {
+                        return (
+                            format!("nats://127.0.0.1:{port}"),
+                            Some(std::sync::Mutex::new(child)),
+                        );
+                    }
+                    if child.wait().unwrap().code() == Some(127) {
+                        panic!(
+                            "NATS_URL is not set and nats-server is not installed: these tests \
+                             need NATS with JetStream (apt-get install nats-server, or set NATS_URL)"
+                        );
+                    }
                 }
-                wait_for_port(port);
-                (
-                    format!("nats://127.0.0.1:{port}"),
-                    Some(std::sync::Mutex::new(child)),
-                )
+                panic!("nats-server did not start on any of 5 ports:\n{}", read_log(&log));
             }
         })
         .0
@@ -235,9 +300,16 @@ struct Stored {
     record: serde_json::Value,
 }
 
+/// A JetStream context on the server at `url`, connecting within 10 s.
 async fn jetstream_at(url: &str) -> jetstream::Context {
-    let client = async_nats::connect(url).await.unwrap();
-    jetstream::new(client)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match async_nats::connect(url).await {
+            Ok(client) => return jetstream::new(client),
+            Err(e) if Instant::now() > deadline => panic!("cannot connect to {url}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 /// The number of messages in JetStream stream `name` (0 if it does not exist yet).
