@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use crate::config::{Config, Encoding, SinkKind, WebhookConfig};
+use crate::config::Config;
 use crate::http::redact::url_has_credentials;
 use crate::http::redact_url;
 
@@ -30,21 +30,7 @@ pub fn summary(path: &Path, config: &Config) -> String {
     }
     let _ = writeln!(out, "\nsinks ({}):", config.sinks.len());
     for sink in config.sinks.values() {
-        let target = match &sink.kind {
-            SinkKind::Stdout => "stdout".to_owned(),
-            SinkKind::File { path, fsync, .. } => {
-                format!("file {path} (fsync {})", fsync_name(*fsync))
-            }
-            SinkKind::Webhook(webhook) => webhook_summary(sink.encoding, webhook),
-            SinkKind::Nats(nats) => format!(
-                "nats {} subject {}{}",
-                crate::nats::shown_urls(&nats.connection),
-                nats.subject,
-                nats.stream
-                    .as_ref()
-                    .map_or(String::new(), |s| format!(" (JetStream stream {s})"))
-            ),
-        };
+        let target = sink.kind.describe(sink.encoding);
         let _ = writeln!(
             out,
             "  {:<16} {target}, queue {} events",
@@ -98,33 +84,7 @@ pub fn summary(path: &Path, config: &Config) -> String {
         }
     }
     for sink in config.sinks.values() {
-        let SinkKind::Webhook(webhook) = &sink.kind else {
-            continue;
-        };
-        if webhook.tls_insecure {
-            warnings.push(format!(
-                "sink `{}` has tls_insecure = true: TLS certificates are not verified",
-                sink.name
-            ));
-        }
-        if webhook.url.scheme() == "http" && !webhook.headers.is_empty() {
-            warnings.push(format!(
-                "sink `{}` sends headers over plain http://; credentials in them travel unencrypted",
-                sink.name
-            ));
-        }
-        if webhook.url.scheme() == "http" && url_has_credentials(&webhook.url) {
-            warnings.push(format!(
-                "sink `{}` has credentials in a plain http:// URL (user info or a parameter named like a secret): they travel unencrypted",
-                sink.name
-            ));
-        }
-        if webhook.dead_letter_path.is_none() {
-            warnings.push(format!(
-                "sink `{}` has no dead_letter_path: batches its receiver rejects with a 4xx are logged and dropped",
-                sink.name
-            ));
-        }
+        sink.kind.warnings(&sink.name, &mut warnings);
     }
     if let Some(metrics) = &config.metrics {
         if !metrics.listen.ip().is_loopback() {
@@ -141,47 +101,4 @@ pub fn summary(path: &Path, config: &Config) -> String {
         }
     }
     out
-}
-
-/// One line about a webhook sink: where, how, and whether signed, never the
-/// secret or header values.
-fn webhook_summary(encoding: Encoding, webhook: &WebhookConfig) -> String {
-    let batch = &webhook.batch;
-    let mut out = format!(
-        "webhook {} {} ({}, batch {} events / {} bytes / {}, timeout {}",
-        webhook.method,
-        redact_url(&webhook.url),
-        match encoding {
-            Encoding::Ndjson => "ndjson",
-            Encoding::Json | Encoding::Data => "json",
-        },
-        batch.max_events,
-        batch.max_bytes,
-        humantime::format_duration(batch.timeout),
-        humantime::format_duration(webhook.timeout),
-    );
-    if webhook.compression.is_some() {
-        out.push_str(", gzip");
-    }
-    if webhook.secret.is_some() {
-        out.push_str(", signed");
-    }
-    if !webhook.headers.is_empty() {
-        let names: Vec<&str> = webhook.headers.keys().map(|k| k.as_str()).collect();
-        out.push_str(&format!(", headers: {}", names.join(", ")));
-    }
-    if let Some(path) = &webhook.dead_letter_path {
-        out.push_str(&format!(", dead letters: {}", path.display()));
-    }
-    out.push(')');
-    out
-}
-
-/// The policy as the configuration spells it.
-fn fsync_name(policy: crate::config::FsyncPolicy) -> &'static str {
-    match policy {
-        crate::config::FsyncPolicy::Never => "never",
-        crate::config::FsyncPolicy::Interval => "interval",
-        crate::config::FsyncPolicy::EveryBatch => "every_batch",
-    }
 }

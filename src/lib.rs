@@ -14,6 +14,7 @@
 //! ```
 
 pub mod ack;
+pub mod backoff;
 pub mod check;
 pub mod checkpoint;
 pub mod cluster;
@@ -26,6 +27,7 @@ pub mod log;
 pub mod metrics;
 pub mod nats;
 pub mod notify;
+pub mod preflight;
 pub mod prepare;
 pub mod record;
 pub mod route;
@@ -34,3 +36,4 @@ pub mod sink;
 pub mod sse;
 pub mod stream;
 pub mod supervisor;
+pub mod validate;

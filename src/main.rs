@@ -9,8 +9,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use reqwest::header::{HeaderName, HeaderValue};
 use sse_relay::prepare::Mode;
 
-use sse_relay::config::{self, Config, Encoding, SinkConfig, SinkKind, StreamConfig, WhenFull};
+use sse_relay::config::{self, Config, StreamConfig};
 use sse_relay::demo::DemoSource;
+use sse_relay::record::Encoding;
+use sse_relay::sink::{SinkConfig, SinkKind, WhenFull};
 use sse_relay::supervisor::{self, Checkpoints, Shutdown};
 use sse_relay::{check, sse};
 
@@ -359,7 +361,7 @@ fn stream_defaults(name: &str, url: reqwest::Url) -> StreamConfig {
 fn single_stream_config(stream: StreamConfig, encoding: Encoding) -> Config {
     let sink = SinkConfig {
         name: "stdout".to_owned(),
-        kind: SinkKind::Stdout,
+        kind: SinkKind::stdout(),
         inputs: None,
         event_types: None,
         queue_size: 1024,

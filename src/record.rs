@@ -16,9 +16,34 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::config::Encoding;
 pub use crate::escape::{json_string_len, write_json_string};
 use crate::sse::{same_bytes, EventRef};
+
+/// How records are written. stdout and file sinks take `json` and `data`;
+/// webhook sinks take `json` and `ndjson`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// One JSON object per line (see `record`); for a webhook, a JSON array of
+    /// them per request.
+    Json,
+    /// The event's data only, one event per line.
+    Data,
+    /// One JSON object per line: the webhook's name for what `json` means to
+    /// stdout and file sinks.
+    Ndjson,
+}
+
+impl Encoding {
+    /// The name the configuration writes it by.
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Json => "json",
+            Encoding::Data => "data",
+            Encoding::Ndjson => "ndjson",
+        }
+    }
+}
 
 /// The records one stream received in one chunk, stored together: all their
 /// text in one buffer, and per record where its parts lie in it.

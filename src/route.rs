@@ -18,10 +18,9 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
 use crate::ack::AckTracker;
-use crate::config::WhenFull;
 use crate::record::Records;
 use crate::sink::queue::{send_or_drop, send_waiting, Budget, Held, Selection};
-use crate::sink::Delivery;
+use crate::sink::{Delivery, WhenFull};
 
 /// One sink that takes a stream.
 #[derive(Debug, Clone)]

@@ -1,5 +1,5 @@
-//! What streams and the webhook sink share about HTTP: clients and TLS setup,
-//! request headers, reading an answer's headers, and the policies that keep
+//! What streams and the webhook sink share about HTTP: TLS setup, reading an
+//! answer's headers, credentials from URLs, and the policies that keep
 //! credentials safe ([`redirect`], [`redact`]) and memory bounded ([`decode`]).
 
 pub mod decode;
@@ -8,79 +8,74 @@ pub mod redirect;
 
 pub use redact::redact_url;
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Mutex, OnceLock};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{self, HeaderMap, HeaderValue};
-use reqwest::{Client, ClientBuilder, Url};
+use reqwest::{ClientBuilder, Url};
 
-use crate::config::StreamConfig;
-
-/// The client a stream uses. Streams speak HTTP/1.1 unless `http2 = true`, so
-/// streams to one host never queue behind each other on a shared HTTP/2
-/// connection: each request gets a connection of its own.
-///
-/// HTTP/1.1 streams with the same connection settings share one client: a
-/// client holds its own TLS root store and pool (over 100 KiB), and HTTP/1.1
-/// never puts two requests on one connection, so sharing changes nothing on
-/// the wire. A stream with `http2 = true` always gets its own.
-pub fn build_client(config: &StreamConfig) -> Result<Client, String> {
-    if config.http2 {
-        return new_client(config);
-    }
-    let ca_pem = match &config.ca_file {
-        // The contents, not the path: a reload after the file changed must
-        // not keep trusting the old CA.
-        Some(path) => Some(
-            std::fs::read(path)
-                .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?,
-        ),
-        None => None,
-    };
-    let key = ClientKey {
-        connect_timeout: config.connect_timeout,
-        ca_pem,
-        tls_insecure: config.tls_insecure,
-    };
-    static SHARED: OnceLock<Mutex<HashMap<ClientKey, Client>>> = OnceLock::new();
-    let mut clients = SHARED
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(client) = clients.get(&key) {
-        return Ok(client.clone());
-    }
-    let client = new_client(config)?;
-    clients.insert(key, client.clone());
-    Ok(client)
+/// Why a client's TLS settings could not be used. Both are fixed in the
+/// configuration (or the file it names), not by retrying.
+#[derive(Debug)]
+pub enum TlsError {
+    /// `ca_file` could not be read.
+    CaFileUnreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// `ca_file` was read but the TLS library refused what it holds.
+    CaFileHasNoCertificate { path: PathBuf, reason: String },
+    /// `ca_file` holds no PEM certificate at all (an empty file, a key).
+    CaFileEmpty { path: PathBuf },
 }
 
-/// What makes two HTTP/1.1 streams' clients interchangeable.
-#[derive(Hash, PartialEq, Eq)]
-struct ClientKey {
-    connect_timeout: Duration,
-    ca_pem: Option<Vec<u8>>,
-    tls_insecure: bool,
+impl std::fmt::Display for TlsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TlsError::CaFileUnreadable { path, source } => {
+                write!(f, "cannot read ca_file {}: {source}", path.display())
+            }
+            TlsError::CaFileHasNoCertificate { path, reason } => write!(
+                f,
+                "ca_file {} holds no usable PEM certificate: {reason}",
+                path.display()
+            ),
+            TlsError::CaFileEmpty { path } => write!(
+                f,
+                "ca_file {} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
+                path.display()
+            ),
+        }
+    }
 }
 
-fn new_client(config: &StreamConfig) -> Result<Client, String> {
-    let mut builder = Client::builder()
-        .user_agent(concat!("sse-relay/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(config.connect_timeout)
-        // Streams follow redirects themselves, by [`redirect`]'s policy.
-        .redirect(reqwest::redirect::Policy::none())
-        .tcp_keepalive(Duration::from_secs(30))
-        .tcp_nodelay(true)
-        // One connection at a time; nothing to keep idle.
-        .pool_max_idle_per_host(0);
-    if !config.http2 {
-        builder = builder.http1_only();
+impl std::error::Error for TlsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TlsError::CaFileUnreadable { source, .. } => Some(source),
+            TlsError::CaFileHasNoCertificate { .. } | TlsError::CaFileEmpty { .. } => None,
+        }
     }
-    with_tls(builder, config.ca_file.as_deref(), config.tls_insecure)?
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// Reads `ca_file` and parses the certificates in it.
+pub fn read_ca_file(ca_file: &Path) -> Result<Vec<reqwest::Certificate>, TlsError> {
+    let pem = std::fs::read(ca_file).map_err(|source| TlsError::CaFileUnreadable {
+        path: ca_file.to_owned(),
+        source,
+    })?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        TlsError::CaFileHasNoCertificate {
+            path: ca_file.to_owned(),
+            reason: e.to_string(),
+        }
+    })?;
+    if certs.is_empty() {
+        return Err(TlsError::CaFileEmpty {
+            path: ca_file.to_owned(),
+        });
+    }
+    Ok(certs)
 }
 
 /// Adds a private CA from `ca_file`, and turns verification off if
@@ -89,17 +84,9 @@ pub fn with_tls(
     mut builder: ClientBuilder,
     ca_file: Option<&Path>,
     tls_insecure: bool,
-) -> Result<ClientBuilder, String> {
+) -> Result<ClientBuilder, TlsError> {
     if let Some(ca_file) = ca_file {
-        let pem = std::fs::read(ca_file)
-            .map_err(|e| format!("cannot read ca_file {}: {e}", ca_file.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            format!(
-                "ca_file {} holds no usable PEM certificate: {e}",
-                ca_file.display()
-            )
-        })?;
-        for cert in certs {
+        for cert in read_ca_file(ca_file)? {
             builder = builder.add_root_certificate(cert);
         }
     }
@@ -107,45 +94,6 @@ pub fn with_tls(
         builder = builder.danger_accept_invalid_certs(true);
     }
     Ok(builder)
-}
-
-/// The request headers for one request of an attempt. `credentials` says
-/// whether the stream's configured headers and the `Authorization` derived
-/// from its URL's user info go along (see [`redirect`]).
-pub fn request_headers(config: &StreamConfig, last_event_id: &str, credentials: bool) -> HeaderMap {
-    let mut headers = if credentials {
-        let mut headers = config.headers.clone();
-        if let Some(basic) = basic_auth(&config.url) {
-            if !headers.contains_key(header::AUTHORIZATION) {
-                headers.insert(header::AUTHORIZATION, basic);
-            }
-        }
-        headers
-    } else {
-        HeaderMap::new()
-    };
-    headers.insert(
-        header::ACCEPT,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert(
-        header::ACCEPT_ENCODING,
-        HeaderValue::from_static(decode::ACCEPT_ENCODING),
-    );
-    if !last_event_id.is_empty() {
-        // A non-ASCII id goes out as its UTF-8 bytes.
-        match HeaderValue::from_bytes(last_event_id.as_bytes()) {
-            Ok(value) => {
-                headers.insert("last-event-id", value);
-            }
-            Err(_) => tracing::warn!(
-                stream = %config.name,
-                "last event id {last_event_id:?} holds control characters and cannot be sent as Last-Event-ID; connecting without it"
-            ),
-        }
-    }
-    headers
 }
 
 /// Whether the response says `Content-Type: text/event-stream` (parameters allowed).

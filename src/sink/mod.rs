@@ -18,11 +18,14 @@
 //! * a sink whose writes become durable later (periodic fsync) has its
 //!   acknowledgements held until [`Sink::sync`] says so.
 
+pub mod config;
 pub mod file;
 pub mod nats;
 pub mod queue;
+pub mod registry;
 mod runner;
-mod stdout;
+pub mod sink_type;
+pub mod stdout;
 pub mod webhook;
 
 use std::future::Future;
@@ -38,8 +41,10 @@ use crate::metrics::SinkMetrics;
 use crate::record::{RecordRef, Records};
 use queue::{Held, Selection};
 
+pub use config::{SinkConfig, WhenFull};
 pub use file::FileSink;
 pub use nats::NatsSink;
+pub use registry::SinkKind;
 pub use runner::run;
 pub use stdout::StdoutSink;
 pub use webhook::WebhookSink;

@@ -14,7 +14,7 @@
 //! event id and the `retry:` value, lives as long as the stream, so both survive
 //! reconnects.
 
-pub mod backoff;
+mod client;
 pub mod wire;
 
 use std::cell::RefCell;
@@ -26,13 +26,13 @@ use reqwest::header::HeaderMap;
 use reqwest::{Client, StatusCode, Url};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::config::StreamConfig;
 use crate::http::{self, decode, redirect};
 use crate::metrics::{unix_now, Connection, StreamMetrics};
 use crate::record::Records;
 use crate::route::Router;
 use crate::sse::Parser;
-use backoff::Backoff;
 
 /// Why a stream task ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +83,7 @@ impl Stream {
         last_event_id: &str,
         metrics: StreamMetrics,
     ) -> Result<Self, String> {
-        let client = http::build_client(&config)?;
+        let client = client::build_client(&config)?;
         let mut parser = Parser::new(config.limits);
         parser.set_last_event_id(last_event_id);
         let backoff = Backoff::new(config.backoff_initial, config.backoff_max, config.retry_max);
@@ -246,7 +246,7 @@ impl Stream {
         );
         let mut credentials = true;
         loop {
-            let headers = http::request_headers(config, self.parser.last_event_id(), credentials);
+            let headers = client::request_headers(config, self.parser.last_event_id(), credentials);
             let answer = if wire::eligible(&url, config.http2) {
                 let response = wire::open(&url, &headers, config.connect_timeout)
                     .await

@@ -47,15 +47,14 @@ use tokio_util::sync::CancellationToken;
 use crate::ack::AckTracker;
 use crate::checkpoint::{CheckpointBackend, CheckpointError, CheckpointStore, Tracked};
 use crate::cluster::Cluster;
-use crate::config::{
-    CheckpointBackendConfig, Config, SinkConfig, SinkKind, StreamConfig, WhenFull,
-};
+use crate::config::{CheckpointBackendConfig, Config, StreamConfig};
 use crate::metrics::{Metrics, Stage};
 use crate::notify;
 use crate::route::{Route, Router};
 pub use crate::shutdown::Shutdown;
 use crate::sink::queue::{self, Budget};
-use crate::sink::{self, Delivery, FileSink, NatsSink, SinkTask, StdoutSink, WebhookSink};
+use crate::sink::registry::{Start, StartError};
+use crate::sink::{Delivery, SinkConfig, SinkTask, WhenFull};
 use crate::stream::{Stream, StreamEnd};
 use cluster::next_command;
 use drain::{drain_sinks, Drain};
@@ -70,7 +69,7 @@ pub enum RunError {
     },
     Sink {
         sink: String,
-        problem: String,
+        problem: StartError,
     },
     Metrics(String),
     Cluster(String),
@@ -440,50 +439,21 @@ impl Supervisor<'_> {
             metrics,
             reopen: self.reopen.subscribe(),
         };
-        let handle = match &config.kind {
-            SinkKind::Stdout => {
-                // Without checkpoints (`tail`, `demo`) a closed stdout ends the run.
-                let stop_when_closed = self.store.is_none().then(|| self.shutdown.clone());
-                tokio::spawn(sink::run(
-                    StdoutSink::new(config.encoding, stop_when_closed),
-                    task,
-                ))
-            }
-            SinkKind::File {
-                path,
-                fsync,
-                fsync_interval,
-            } => {
-                let (limits, longest_name) = self.record_bounds(config);
-                let torn = crate::sink::file::torn_tail(config.encoding, limits, longest_name);
-                let sink = FileSink::new(
-                    &config.name,
-                    path,
-                    config.encoding,
-                    *fsync,
-                    *fsync_interval,
-                    torn,
-                );
-                tokio::spawn(sink::run(sink, task))
-            }
-            SinkKind::Webhook(webhook) => {
-                let (limits, longest_name) = self.record_bounds(config);
-                let sink = WebhookSink::new(
-                    &config.name,
-                    webhook.clone(),
-                    config.encoding,
-                    crate::sink::webhook::dead_letter_torn_tail(limits, longest_name),
-                )
-                .map_err(|problem| RunError::Sink {
-                    sink: config.name.clone(),
-                    problem,
-                })?;
-                tokio::spawn(sink::run(sink, task))
-            }
-            SinkKind::Nats(nats) => {
-                tokio::spawn(sink::run(NatsSink::new(&config.name, nats.clone()), task))
-            }
+        let (record_limits, longest_stream_name) = self.record_bounds(config);
+        let start = Start {
+            name: &config.name,
+            encoding: config.encoding,
+            record_limits,
+            longest_stream_name,
+            stop_when_closed: self.store.is_none().then(|| self.shutdown.clone()),
         };
+        let handle = config
+            .kind
+            .start(&start, task)
+            .map_err(|problem| RunError::Sink {
+                sink: config.name.clone(),
+                problem,
+            })?;
         self.sinks.insert(
             config.name.clone(),
             RunningSink {

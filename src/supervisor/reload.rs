@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{
     drain_sinks, flush_blocking, lock, wait_acknowledged, Drain, Reloader, RunningSink, Supervisor,
 };
-use crate::config::{Config, SinkConfig, StreamConfig};
+use crate::config::{Config, StreamConfig};
 use crate::notify;
+use crate::sink::SinkConfig;
 
 impl Supervisor<'_> {
     pub(super) async fn reload(&mut self, reloader: &Reloader) {

@@ -12,8 +12,10 @@ use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions};
 
-use crate::config::NatsConnection;
+pub mod config;
+
 use crate::http::redact::redact_url_text;
+pub use config::NatsConnection;
 
 /// The configured servers as logs may show them.
 pub fn shown_urls(connection: &NatsConnection) -> String {

@@ -24,6 +24,10 @@
 //! if compression is on). The timestamp is fresh on every retry so receivers
 //! can reject replays by age.
 
+pub mod config;
+
+pub use config::{BatchConfig, Compression, WebhookConfig};
+
 use std::io::{self, Seek, Write};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,11 +39,11 @@ use reqwest::{Client, StatusCode};
 use sha2::Sha256;
 
 use super::{Batching, Delivery, Sink, Written};
-use crate::config::{Compression, Encoding, WebhookConfig};
+use crate::backoff::Backoff;
 use crate::files::TornTail;
 use crate::http::{redact_url, retry_after, with_tls};
-use crate::record::{write_json_string, RecordRef};
-use crate::stream::backoff::Backoff;
+use crate::record::{write_json_string, Encoding, RecordRef};
+use crate::sink::sink_type::StartError;
 
 pub const TIMESTAMP_HEADER: &str = "x-sse-relay-timestamp";
 pub const SIGNATURE_HEADER: &str = "x-sse-relay-signature";
@@ -100,7 +104,7 @@ impl WebhookSink {
         config: Box<WebhookConfig>,
         encoding: Encoding,
         dead_letter_torn: TornTail,
-    ) -> Result<WebhookSink, String> {
+    ) -> Result<WebhookSink, StartError> {
         let builder = Client::builder()
             .user_agent(concat!("sse-relay/", env!("CARGO_PKG_VERSION")))
             .timeout(config.timeout)
@@ -111,7 +115,7 @@ impl WebhookSink {
             .pool_max_idle_per_host(1);
         let client = with_tls(builder, config.ca_file.as_deref(), config.tls_insecure)?
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .map_err(StartError::HttpClient)?;
         let shown_url = redact_url(&config.url);
         if config.tls_insecure {
             tracing::warn!(

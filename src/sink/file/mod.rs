@@ -16,6 +16,10 @@
 //! ([`torn_tail`]): its event was never acknowledged, so the server sends it
 //! again. Anything else at the end of a file is kept (see [`crate::files`]).
 
+pub mod config;
+
+pub use config::{FileSinkConfig, FsyncPolicy};
+
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Write};
@@ -23,9 +27,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{Batching, Delivery, Sink, Written};
-use crate::config::{Encoding, FsyncPolicy};
 use crate::files::{self, Tail, TornTail};
-use crate::record::RecordRef;
+use crate::record::{Encoding, RecordRef};
 use crate::sse::Limits;
 
 /// The most record bytes (data and id) in one batch. Writes this large cost

@@ -10,14 +10,17 @@
 //! like any other for `run`: the sink retries and its streams wait. For `tail`
 //! and `demo`, which keep no checkpoints, it ends the run instead.
 
+pub mod config;
+
+pub use config::StdoutConfig;
+
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
 
 use super::{Batching, Delivery, Sink, Written};
-use crate::config::Encoding;
-use crate::record::RecordRef;
-use crate::supervisor::Shutdown;
+use crate::record::{Encoding, RecordRef};
+use crate::shutdown::Shutdown;
 
 pub struct StdoutSink {
     encoding: Encoding,

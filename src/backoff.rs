@@ -1,4 +1,5 @@
-//! Reconnect delays: exponential backoff with full jitter, floored by what the
+//! Retry delays (stream reconnects, sink retries): exponential backoff with
+//! full jitter, floored by what the
 //! server asked for.
 //!
 //! After the n-th consecutive failed attempt the backoff delay is drawn

@@ -25,6 +25,10 @@
 //! is re-sent after them (`max_in_flight = 1` rules that out, at a cost in
 //! throughput).
 
+pub mod config;
+
+pub use config::NatsSinkConfig;
+
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::time::Duration;
@@ -34,9 +38,8 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 
 use super::{Delivery, Sink, Written};
-use crate::config::NatsSinkConfig;
+use crate::backoff::Backoff;
 use crate::record::RecordRef;
-use crate::stream::backoff::Backoff;
 
 /// Informational headers on every message, beside `Nats-Msg-Id`.
 pub const STREAM_HEADER: &str = "SSE-Stream";

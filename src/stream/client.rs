@@ -1,0 +1,116 @@
+//! The HTTP client a stream connects with, and the headers of its requests.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::Client;
+
+use crate::config::StreamConfig;
+use crate::http::{basic_auth, decode, with_tls};
+
+/// The client a stream uses. Streams speak HTTP/1.1 unless `http2 = true`, so
+/// streams to one host never queue behind each other on a shared HTTP/2
+/// connection: each request gets a connection of its own.
+///
+/// HTTP/1.1 streams with the same connection settings share one client: a
+/// client holds its own TLS root store and pool (over 100 KiB), and HTTP/1.1
+/// never puts two requests on one connection, so sharing changes nothing on
+/// the wire. A stream with `http2 = true` always gets its own.
+pub fn build_client(config: &StreamConfig) -> Result<Client, String> {
+    if config.http2 {
+        return new_client(config);
+    }
+    let ca_pem = match &config.ca_file {
+        // The contents, not the path: a reload after the file changed must
+        // not keep trusting the old CA.
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let key = ClientKey {
+        connect_timeout: config.connect_timeout,
+        ca_pem,
+        tls_insecure: config.tls_insecure,
+    };
+    static SHARED: OnceLock<Mutex<HashMap<ClientKey, Client>>> = OnceLock::new();
+    let mut clients = SHARED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(client) = clients.get(&key) {
+        return Ok(client.clone());
+    }
+    let client = new_client(config)?;
+    clients.insert(key, client.clone());
+    Ok(client)
+}
+
+/// What makes two HTTP/1.1 streams' clients interchangeable.
+#[derive(Hash, PartialEq, Eq)]
+struct ClientKey {
+    connect_timeout: Duration,
+    ca_pem: Option<Vec<u8>>,
+    tls_insecure: bool,
+}
+
+fn new_client(config: &StreamConfig) -> Result<Client, String> {
+    let mut builder = Client::builder()
+        .user_agent(concat!("sse-relay/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(config.connect_timeout)
+        // Streams follow redirects themselves, by [`redirect`]'s policy.
+        .redirect(reqwest::redirect::Policy::none())
+        .tcp_keepalive(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        // One connection at a time; nothing to keep idle.
+        .pool_max_idle_per_host(0);
+    if !config.http2 {
+        builder = builder.http1_only();
+    }
+    with_tls(builder, config.ca_file.as_deref(), config.tls_insecure)
+        .map_err(|e| e.to_string())?
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// The request headers for one request of an attempt. `credentials` says
+/// whether the stream's configured headers and the `Authorization` derived
+/// from its URL's user info go along (see [`redirect`]).
+pub fn request_headers(config: &StreamConfig, last_event_id: &str, credentials: bool) -> HeaderMap {
+    let mut headers = if credentials {
+        let mut headers = config.headers.clone();
+        if let Some(basic) = basic_auth(&config.url) {
+            if !headers.contains_key(header::AUTHORIZATION) {
+                headers.insert(header::AUTHORIZATION, basic);
+            }
+        }
+        headers
+    } else {
+        HeaderMap::new()
+    };
+    headers.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static(decode::ACCEPT_ENCODING),
+    );
+    if !last_event_id.is_empty() {
+        // A non-ASCII id goes out as its UTF-8 bytes.
+        match HeaderValue::from_bytes(last_event_id.as_bytes()) {
+            Ok(value) => {
+                headers.insert("last-event-id", value);
+            }
+            Err(_) => tracing::warn!(
+                stream = %config.name,
+                "last event id {last_event_id:?} holds control characters and cannot be sent as Last-Event-ID; connecting without it"
+            ),
+        }
+    }
+    headers
+}
