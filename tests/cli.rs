@@ -1,12 +1,12 @@
 //! The `sse-relay` binary as an operator runs it: `check`, `tail`, `run` with
 //! signals, and the errors it prints.
 
-mod common;
+mod support;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{numbered, Ending, Reply, TestServer};
+use support::{numbered, Ending, Reply, TestServer};
 
 fn sse_relay() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sse-relay"));
@@ -183,7 +183,7 @@ async fn sigterm_drains_saves_the_checkpoint_and_exits_zero() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    common::wait_for_records(&dir.path().join("out.jsonl"), 3, Duration::from_secs(10)).await;
+    support::wait_for_records(&dir.path().join("out.jsonl"), 3, Duration::from_secs(10)).await;
     // kill(1) sends the signal without a libc dependency in the tests.
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -206,7 +206,7 @@ async fn sigterm_drains_saves_the_checkpoint_and_exits_zero() {
 
 #[tokio::test]
 async fn tail_stops_when_its_reader_goes_away() {
-    let server = common::NumberedServer::start(u64::MAX, 1, Duration::from_millis(5)).await;
+    let server = support::NumberedServer::start(u64::MAX, 1, Duration::from_millis(5)).await;
     let url = server.url();
     let result = tokio::task::spawn_blocking(move || {
         use std::io::{BufRead, BufReader};
@@ -240,7 +240,7 @@ async fn tail_stops_when_its_reader_goes_away() {
 #[test]
 fn man_page_completions_and_version_come_from_the_cli_definitions() {
     let run = |args: &[&str]| {
-        let output = common::output_within(sse_relay().args(args), Duration::from_secs(20));
+        let output = support::output_within(sse_relay().args(args), Duration::from_secs(20));
         assert!(output.status.success(), "{args:?}: {output:?}");
         String::from_utf8(output.stdout).unwrap()
     };

@@ -2,42 +2,30 @@
 //! that fail and recover, a stalled sink under a fast server, and a broken
 //! checkpoint. Every test here fails if a single event goes missing.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::NumberedServer;
 use rand::Rng;
+use support::NumberedServer;
 
 fn spawn_relay(config: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_sse-relay"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+    support::spawn_run(config, log, &[])
 }
 
 /// Waits for the child to exit by itself.
 async fn wait_exit(mut child: Child, within: Duration) -> std::process::ExitStatus {
-    common::exit_within(&mut child, within)
+    support::exit_within(&mut child, within)
         .await
         .unwrap_or_else(|| panic!("sse-relay did not finish within {within:?}"))
 }
 
 /// The ids in a JSON-lines file, in file order.
 fn file_ids(path: &Path) -> Vec<u64> {
-    common::read_records(path)
+    support::read_records(path)
         .iter()
         .map(|r| {
             r["id"]
@@ -237,7 +225,7 @@ async fn a_failing_sink_stalls_the_stream_and_resumes_without_loss() {
 
     // Run normally for a while, then die hard.
     let mut child = spawn_relay(&setup.config, &setup.log);
-    common::wait_for_records(&setup.out("a-all.jsonl"), 1000, Duration::from_secs(20)).await;
+    support::wait_for_records(&setup.out("a-all.jsonl"), 1000, Duration::from_secs(20)).await;
     child.kill().unwrap();
     child.wait().unwrap();
 
@@ -273,15 +261,6 @@ async fn a_failing_sink_stalls_the_stream_and_resumes_without_loss() {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_sink_stops_reading_and_memory_stays_bounded() {
     // An endless, as-fast-as-possible server.
@@ -305,9 +284,9 @@ async fn a_stalled_sink_stops_reading_and_memory_stays_bounded() {
     .unwrap();
     let mut child = spawn_relay(&config, &dir.path().join("relay.log"));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (bytes_early, rss_early) = (server.bytes_written(), rss_kib(child.id()));
+    let (bytes_early, rss_early) = (server.bytes_written(), support::rss_kib(child.id()));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (bytes_late, rss_late) = (server.bytes_written(), rss_kib(child.id()));
+    let (bytes_late, rss_late) = (server.bytes_written(), support::rss_kib(child.id()));
     child.kill().unwrap();
     child.wait().unwrap();
     eprintln!(
@@ -356,7 +335,7 @@ async fn drop_newest_sinks_lose_only_their_own_events_and_never_hold_the_checkpo
     let child = spawn_relay(&config, &log);
     // The kept sink gets everything and the checkpoint reaches the end while
     // the lossy sink is still broken.
-    common::wait_for_records(
+    support::wait_for_records(
         &dir.path().join("kept.jsonl"),
         5_000,
         Duration::from_secs(30),

@@ -6,7 +6,7 @@
 //! Most scenarios end with the server answering 204, which makes the relay stop
 //! by itself; the others end with SIGTERM.
 
-mod common;
+mod support;
 
 use std::io::Write as _;
 
@@ -15,8 +15,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::relay::{assert_no_panic, data_of, last_event_ids, log_line, log_lines, Relay};
-use common::{
+use support::relay::{assert_no_panic, data_of, last_event_ids, log_line, log_lines, Relay};
+use support::{
     no_content, numbered, process_usage, write_and_close, Ending, Framing, RawServer, Reply,
     TestServer, SSE_HEAD_CLOSE_DELIMITED,
 };
@@ -333,7 +333,7 @@ async fn gzip_content_encoding_is_decoded_as_it_arrives() {
     .await;
     let mut relay = Relay::start(&server.url("/"), "idle_timeout = \"3s\"");
     let started = Instant::now();
-    common::wait_for_records(&relay.out(), 2, Duration::from_secs(10)).await;
+    support::wait_for_records(&relay.out(), 2, Duration::from_secs(10)).await;
     assert!(
         started.elapsed() < Duration::from_millis(2500),
         "the flushed gzip events arrived before the idle timeout"
@@ -422,7 +422,7 @@ async fn oversized_scenario(what: &str, chunk: Vec<u8>, repeat: usize, tail: &'s
     })
     .await;
     let mut relay = Relay::start(&server.url("/"), "");
-    common::wait_for_records(&relay.out(), 1, Duration::from_secs(10)).await;
+    support::wait_for_records(&relay.out(), 1, Duration::from_secs(10)).await;
     let pid = relay.pid();
     let (_, rss_before, _) = process_usage(pid).expect("relay is running");
     go_tx.send(true).unwrap();
@@ -812,7 +812,7 @@ async fn a_wrong_or_missing_content_type_is_retried_and_its_body_not_relayed() {
 #[tokio::test]
 async fn a_self_signed_certificate_is_refused_unless_ca_file_trusts_it() {
     // A fresh self-signed certificate for 127.0.0.1; numbered(1, 2), then 204.
-    let server = common::tls::TlsServer::start(|n, _| {
+    let server = support::tls::TlsServer::start(|n, _| {
         let mut out = if n == 0 {
             SSE_HEAD_CLOSE_DELIMITED.to_vec()
         } else {
@@ -990,7 +990,7 @@ async fn durations_near_the_clock_limit_do_not_overflow() {
         "connect_timeout = \"9years\"\nidle_timeout = \"9years\"\n\
          retry_max = \"9years\"",
     );
-    common::wait_for_records(&relay.out(), 1, Duration::from_secs(10)).await;
+    support::wait_for_records(&relay.out(), 1, Duration::from_secs(10)).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !relay.log_text().contains("reconnecting in") {
         relay.assert_running();
@@ -1049,7 +1049,7 @@ async fn a_reload_with_a_shutdown_timeout_near_the_clock_limit_does_not_panic() 
         "shutdown_timeout = \"9years\"",
         "idle_timeout = \"60s\"",
     );
-    common::wait_for_records(&relay.out(), 1, Duration::from_secs(10)).await;
+    support::wait_for_records(&relay.out(), 1, Duration::from_secs(10)).await;
     let config = relay.dir.path().join("sse-relay.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(

@@ -8,7 +8,7 @@
 //! either the tests fail, saying so: they never pass silently. The restart
 //! test always starts its own server, since it kills it.
 
-mod common;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -17,8 +17,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use common::NumberedServer;
 use futures_util::StreamExt;
+use support::NumberedServer;
 
 /// A `nats-server -js` started by a test; killed when dropped.
 struct NatsServer {
@@ -69,9 +69,7 @@ impl NatsServer {
     /// messages still in nats-server 2.9's write-behind buffers, a JetStream
     /// durability window the relay cannot see or close.
     fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        support::signal(self.child.id(), "TERM");
         let _ = self.child.wait();
     }
 
@@ -242,25 +240,6 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-fn spawn_relay(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sse-relay"));
-    command
-        .args(["run", "--config"])
-        .arg(config)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(log);
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    command.spawn().unwrap()
-}
-
 async fn wait_exit(child: &mut Child, within: Duration, log: &Path) {
     let deadline = Instant::now() + within;
     loop {
@@ -281,12 +260,6 @@ async fn wait_exit(child: &mut Child, within: Duration, log: &Path) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn sigterm(child: &Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
 }
 
 /// One message as JetStream stores it.
@@ -430,7 +403,7 @@ async fn records_land_in_order_with_headers() {
         "",
     );
     let log = dir.path().join("relay.log");
-    let mut relay = spawn_relay(&config, &log, &[]);
+    let mut relay = support::spawn_run(&config, &log, &[]);
     // Every stream stops with 204 after event 300, and then the daemon exits.
     wait_exit(&mut relay, Duration::from_secs(30), &log).await;
 
@@ -476,19 +449,19 @@ async fn replay_after_sigkill_is_deduplicated() {
     );
     std::fs::write(&config, text).unwrap();
     let log = dir.path().join("relay.log");
-    let mut relay = spawn_relay(&config, &log, &[]);
+    let mut relay = support::spawn_run(&config, &log, &[]);
     wait_count(&js, &js_stream, 800, Duration::from_secs(30)).await;
     relay.kill().unwrap();
     relay.wait().unwrap();
     let before = count(&js, &js_stream).await;
-    let mut relay = spawn_relay(&config, &log, &[]);
+    let mut relay = support::spawn_run(&config, &log, &[]);
     wait_exit(&mut relay, Duration::from_secs(60), &log).await;
 
     let messages = read_all(&js, &js_stream).await;
     check_exactly_once(&messages, "a", total);
     // The server sent more than `total` events: the replay happened, and
     // JetStream dropped it.
-    let one_pass = common::numbered(1, total).len() as u64;
+    let one_pass = support::numbered(1, total).len() as u64;
     let replayed = sse.bytes_written().saturating_sub(one_pass);
     eprintln!(
         "killed with {before} stored; the restart re-sent {replayed} bytes of events; {} stored, no duplicate",
@@ -528,7 +501,7 @@ async fn nats_restart_mid_run_loses_nothing() {
     )
     .unwrap();
     let log = dir.path().join("relay.log");
-    let mut relay = spawn_relay(&config, &log, &[]);
+    let mut relay = support::spawn_run(&config, &log, &[]);
     let stored_before_kill = {
         let js = jetstream_at(&url).await;
         wait_count(&js, &js_stream, 300, Duration::from_secs(30)).await;
@@ -633,7 +606,7 @@ bucket = "{leases_bucket}"
         .map(|i| {
             let id = format!("i{i}");
             let log = dir.path().join(format!("{id}.log"));
-            let child = spawn_relay(&config, &log, &[("INSTANCE", &id)]);
+            let child = support::spawn_run(&config, &log, &[("INSTANCE", &id)]);
             (id, child, log)
         })
         .collect();
@@ -750,7 +723,7 @@ bucket = "{leases_bucket}"
         "takeover took {takeover:?} (lease_ttl {ttl:?})"
     );
     for (_, child, _) in relays.iter_mut().skip(1) {
-        sigterm(child);
+        support::signal(child.id(), "TERM");
     }
     for (_, child, log) in relays.iter_mut().skip(1) {
         let log = log.clone();

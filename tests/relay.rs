@@ -1,14 +1,14 @@
 //! The daemon end to end, in process: a scripted SSE server on loopback, the
 //! real supervisor, streams and file sinks, and the files they write.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{numbered, split_cycling, Ending, Reply, TestServer};
 use sse_relay::config::Config;
 use sse_relay::supervisor::{self, Checkpoints, Shutdown};
+use support::{numbered, split_cycling, Ending, Reply, TestServer};
 
 fn config(source: &str) -> Config {
     Config::parse(Path::new("test.toml"), source, |name| {
@@ -67,7 +67,7 @@ async fn events_arrive_intact_whatever_the_chunking_and_the_file_holds_exact_rec
         })
         .await;
         let dir = tempfile::tempdir().unwrap();
-        common::run_to_end(
+        support::run_to_end(
             &one_stream(dir.path(), &server.url("/"), ""),
             Duration::from_secs(20),
         )
@@ -100,7 +100,7 @@ async fn reconnects_after_a_cut_and_resumes_from_the_last_complete_event() {
         0 => {
             let mut body = numbered(1, 3);
             body.extend_from_slice(b"id: 4\ndata: cut mid-event");
-            Reply::events([body]).ending(common::Ending::Cut)
+            Reply::events([body]).ending(support::Ending::Cut)
         }
         1 => Reply::events([numbered(4, 6)]),
         _ => Reply::status(204),
@@ -108,7 +108,7 @@ async fn reconnects_after_a_cut_and_resumes_from_the_last_complete_event() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let extra = r#"headers = { Authorization = "Bearer ${TEST_TOKEN}", X-Client = "relay-test" }"#;
-    common::run_to_end(
+    support::run_to_end(
         &one_stream(dir.path(), &server.url("/feed"), extra),
         Duration::from_secs(10),
     )
@@ -134,8 +134,8 @@ async fn reconnects_after_a_cut_and_resumes_from_the_last_complete_event() {
         assert_eq!(request.header("authorization"), Some("Bearer s3cret"));
         assert_eq!(request.header("x-client"), Some("relay-test"));
     }
-    let records = common::read_records(&out_file(dir.path()));
-    assert_eq!(common::ids(&records), ["1", "2", "3", "4", "5", "6"]);
+    let records = support::read_records(&out_file(dir.path()));
+    assert_eq!(support::ids(&records), ["1", "2", "3", "4", "5", "6"]);
 }
 
 /// The time between the first and second request when the first answers `reply`.
@@ -149,7 +149,7 @@ async fn reconnect_gap(first: Reply, extra: &str) -> Duration {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    common::run_to_end(
+    support::run_to_end(
         &one_stream(dir.path(), &server.url("/"), extra),
         Duration::from_secs(20),
     )
@@ -199,7 +199,7 @@ async fn a_204_stops_the_stream_for_good() {
     let server = TestServer::start(|_, _| Reply::status(204)).await;
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    common::run_to_end(
+    support::run_to_end(
         &one_stream(dir.path(), &server.url("/"), ""),
         Duration::from_secs(5),
     )
@@ -222,15 +222,15 @@ async fn server_errors_and_wrong_content_types_are_retried() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    common::run_to_end(
+    support::run_to_end(
         &one_stream(dir.path(), &server.url("/"), ""),
         Duration::from_secs(10),
     )
     .await;
     assert_eq!(server.requests().len(), 6);
-    let records = common::read_records(&out_file(dir.path()));
+    let records = support::read_records(&out_file(dir.path()));
     assert_eq!(
-        common::ids(&records),
+        support::ids(&records),
         ["1", "2"],
         "only the text/event-stream body is relayed"
     );
@@ -250,7 +250,7 @@ async fn a_restart_resumes_from_the_saved_checkpoint() {
         let shutdown = shutdown.clone();
         async move { supervisor::run(&config, Checkpoints::OnDisk, shutdown).await }
     });
-    common::wait_for_records(&out_file(dir.path()), 5, Duration::from_secs(10)).await;
+    support::wait_for_records(&out_file(dir.path()), 5, Duration::from_secs(10)).await;
     shutdown.drain.cancel();
     tokio::time::timeout(Duration::from_secs(5), daemon)
         .await
@@ -270,10 +270,10 @@ async fn a_restart_resumes_from_the_saved_checkpoint() {
         &server.url("/"),
         r#"initial_last_event_id = "ignored-when-a-checkpoint-exists""#,
     );
-    common::run_to_end(&config, Duration::from_secs(10)).await;
+    support::run_to_end(&config, Duration::from_secs(10)).await;
     assert_eq!(server.requests()[0].header("last-event-id"), Some("5"));
-    let records = common::read_records(&out_file(dir.path()));
-    assert_eq!(common::ids(&records), ["1", "2", "3", "4", "5", "6", "7"]);
+    let records = support::read_records(&out_file(dir.path()));
+    assert_eq!(support::ids(&records), ["1", "2", "3", "4", "5", "6", "7"]);
 }
 
 #[tokio::test]
@@ -285,7 +285,7 @@ async fn initial_last_event_id_is_used_without_a_checkpoint() {
         &server.url("/"),
         r#"initial_last_event_id = "héllo-42""#,
     );
-    common::run_to_end(&config, Duration::from_secs(5)).await;
+    support::run_to_end(&config, Duration::from_secs(5)).await;
     // A non-ASCII id goes out as its UTF-8 bytes; the test server reads them lossily.
     assert_eq!(
         server.requests()[0].header("last-event-id"),
@@ -335,13 +335,13 @@ path = "{d}/all-{{stream}}.jsonl"
 "#,
         url = server.url("/")
     ));
-    common::run_to_end(&config, Duration::from_secs(10)).await;
-    let kept = common::read_records(&dir.path().join("kept.jsonl"));
-    assert_eq!(common::ids(&kept), ["1", "3"]);
+    support::run_to_end(&config, Duration::from_secs(10)).await;
+    let kept = support::read_records(&dir.path().join("kept.jsonl"));
+    assert_eq!(support::ids(&kept), ["1", "3"]);
     assert!(kept.iter().all(|r| r["stream"] == "s"));
     for stream in ["s", "other"] {
-        let all = common::read_records(&dir.path().join(format!("all-{stream}.jsonl")));
-        assert_eq!(common::ids(&all), ["1", "2", "3"], "stream {stream}");
+        let all = support::read_records(&dir.path().join(format!("all-{stream}.jsonl")));
+        assert_eq!(support::ids(&all), ["1", "2", "3"], "stream {stream}");
         assert!(all.iter().all(|r| r["stream"] == stream));
     }
 }
@@ -356,7 +356,7 @@ async fn give_up_after_stops_a_stream_the_server_keeps_refusing() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let config = one_stream(dir.path(), &server.url("/"), "give_up_after = 3");
-    common::run_to_end(&config, Duration::from_secs(10)).await;
+    support::run_to_end(&config, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         server.requests().len(),
@@ -371,7 +371,7 @@ async fn give_up_after_stops_a_stream_the_server_keeps_refusing() {
     })
     .await;
     let extra = "give_up_after = 2\ngive_up_statuses = [401]";
-    common::run_to_end(
+    support::run_to_end(
         &one_stream(dir.path(), &server.url("/"), extra),
         Duration::from_secs(10),
     )

@@ -3,16 +3,16 @@
 //! bodies cost bounded memory, the relay never destroys bytes it did not
 //! write, the files it creates are private, and secrets reach no output.
 
-mod common;
+mod support;
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::relay::{assert_no_panic, log_line, Relay};
-use common::tls::{redirect, TlsServer};
-use common::{numbered, write_and_close, RawServer, Reply, TestServer};
+use support::relay::{assert_no_panic, log_line, Relay};
+use support::tls::{redirect, TlsServer};
+use support::{numbered, write_and_close, RawServer, Reply, TestServer};
 
 const WITHIN: Duration = Duration::from_secs(20);
 const SECRET: &str = "k3y-0f-the-kingd0m";
@@ -20,7 +20,7 @@ const PASSWORD: &str = "pa55w0rd-in-url";
 
 /// Events 1 and 2 then 204, as a raw HTTP/1.1 answer.
 fn events_then_close() -> Vec<u8> {
-    let mut out = common::SSE_HEAD_CLOSE_DELIMITED.to_vec();
+    let mut out = support::SSE_HEAD_CLOSE_DELIMITED.to_vec();
     out.extend(numbered(1, 2));
     out
 }
@@ -39,7 +39,7 @@ fn credentials_and_ca(relay_dir: &std::path::Path, tls: &TlsServer) -> String {
     )
 }
 
-fn carries_credentials(request: &common::Request) -> bool {
+fn carries_credentials(request: &support::Request) -> bool {
     request.header("x-api-key").is_some() || request.header("authorization").is_some()
 }
 
@@ -243,7 +243,7 @@ async fn deflate_zlib_and_raw_are_decoded_and_accept_encoding_says_so() {
                 let bytes = r.finish().unwrap();
                 write_and_close(socket, compressed_head("Deflate").as_bytes(), &bytes).await
             }
-            _ => common::no_content(socket).await,
+            _ => support::no_content(socket).await,
         }
     })
     .await;
@@ -257,13 +257,13 @@ async fn deflate_zlib_and_raw_are_decoded_and_accept_encoding_says_so() {
 
 #[tokio::test]
 async fn an_encoding_it_cannot_decode_fails_the_attempt_naming_it_with_its_own_metric() {
-    let metrics_port = common::free_port();
+    let metrics_port = support::free_port();
     let server = RawServer::start(|n, _, socket| async move {
         match n {
             0..=3 => {
                 write_and_close(socket, compressed_head("br").as_bytes(), b"\x0b\x02\x80").await
             }
-            _ => common::no_content(socket).await,
+            _ => support::no_content(socket).await,
         }
     })
     .await;
@@ -280,7 +280,7 @@ async fn an_encoding_it_cannot_decode_fails_the_attempt_naming_it_with_its_own_m
     let metrics = loop {
         relay.assert_running();
         assert!(Instant::now() < deadline, "{}", relay.log_text());
-        if let Ok(text) = common::http_get(metrics_port, "/metrics").await {
+        if let Ok(text) = support::http_get(metrics_port, "/metrics").await {
             if text.contains("reason=\"content_encoding\"") {
                 break text;
             }
@@ -302,7 +302,7 @@ async fn an_encoding_it_cannot_decode_fails_the_attempt_naming_it_with_its_own_m
 
 /// Peak RSS (VmHWM) of a process, in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
-    common::process_usage(pid).map_or(0, |(_, _, peak)| peak)
+    support::process_usage(pid).map_or(0, |(_, _, peak)| peak)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,7 +349,7 @@ async fn two_gzip_bombs_stay_under_64_mib_and_the_event_after_a_giant_line_arriv
                     );
                     write_and_close(socket, head.as_bytes(), &body).await
                 } else {
-                    common::no_content(socket).await
+                    support::no_content(socket).await
                 }
             }
         }
@@ -664,6 +664,6 @@ impl Within for Command {
     /// As `output()`, but kills the process and fails the test if it runs
     /// past `within`: a regression fails fast instead of hanging.
     fn output_within(&mut self, within: Duration) -> std::process::Output {
-        common::output_within(self, within)
+        support::output_within(self, within)
     }
 }

@@ -2,39 +2,22 @@
 //! `NOTIFY_SOCKET`, reload on SIGHUP, file reopening for logrotate, and the
 //! metrics endpoint. The real binary runs; this test plays systemd.
 
-mod common;
+mod support;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::NumberedServer;
+use support::NumberedServer;
 
 fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    support::signal(child.id(), name);
 }
 
 fn spawn(config: &Path, log: &Path, envs: &[(&str, &str)]) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sse-relay"));
-    command
-        .args(["run", "--config"])
-        .arg(config)
-        .env_remove("RUST_LOG")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .stdout(Stdio::null())
-        .stderr(log);
-    for (key, value) in envs {
-        command.env(key, value);
-    }
-    command.spawn().unwrap()
+    support::spawn_run(config, log, envs)
 }
 
 fn stream_toml(name: &str, url: &str) -> String {
@@ -176,7 +159,7 @@ async fn sighup_keeps_unchanged_streams_connected_and_starts_added_ones() {
     let log = dir.path().join("relay.log");
     let mut child = spawn(&config, &log, &[]);
     let out_a = dir.path().join("out/a.jsonl");
-    common::wait_for_records(&out_a, 5, Duration::from_secs(10)).await;
+    support::wait_for_records(&out_a, 5, Duration::from_secs(10)).await;
 
     // An invalid configuration is refused and the running one stays.
     std::fs::write(
@@ -200,9 +183,9 @@ async fn sighup_keeps_unchanged_streams_connected_and_starts_added_ones() {
     std::fs::write(&config, both).unwrap();
     signal(&child, "HUP");
     let out_b = dir.path().join("out/b.jsonl");
-    common::wait_for_records(&out_b, 5, Duration::from_secs(10)).await;
-    let before = common::read_records(&out_a).len();
-    common::wait_for_records(&out_a, before + 5, Duration::from_secs(10)).await;
+    support::wait_for_records(&out_b, 5, Duration::from_secs(10)).await;
+    let before = support::read_records(&out_a).len();
+    support::wait_for_records(&out_a, before + 5, Duration::from_secs(10)).await;
     assert_eq!(
         server_a.connections.load(Ordering::Relaxed),
         1,
@@ -219,7 +202,7 @@ async fn sighup_keeps_unchanged_streams_connected_and_starts_added_ones() {
     signal(&child, "TERM");
     assert!(child.wait().unwrap().success());
     // No event was lost or repeated on stream a across the reloads.
-    let ids: Vec<u64> = common::read_records(&out_a)
+    let ids: Vec<u64> = support::read_records(&out_a)
         .iter()
         .map(|r| r["id"].as_str().unwrap().parse().unwrap())
         .collect();
@@ -240,7 +223,7 @@ async fn a_changed_stream_restarts_from_its_checkpoint_and_a_removed_one_stops()
     let log = dir.path().join("relay.log");
     let mut child = spawn(&config, &log, &[]);
     let out_a = dir.path().join("out/a.jsonl");
-    common::wait_for_records(&out_a, 5, Duration::from_secs(10)).await;
+    support::wait_for_records(&out_a, 5, Duration::from_secs(10)).await;
 
     let changed = stream_toml("a", &server.url()).replace("50ms", "60ms");
     std::fs::write(&config, base + &changed).unwrap();
@@ -254,19 +237,19 @@ async fn a_changed_stream_restarts_from_its_checkpoint_and_a_removed_one_stops()
         "{}",
         log_text(&log)
     );
-    let before = common::read_records(&out_a).len();
-    common::wait_for_records(&out_a, before + 5, Duration::from_secs(10)).await;
-    let gone = common::read_records(&dir.path().join("out/gone.jsonl")).len();
+    let before = support::read_records(&out_a).len();
+    support::wait_for_records(&out_a, before + 5, Duration::from_secs(10)).await;
+    let gone = support::read_records(&dir.path().join("out/gone.jsonl")).len();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        common::read_records(&dir.path().join("out/gone.jsonl")).len(),
+        support::read_records(&dir.path().join("out/gone.jsonl")).len(),
         gone,
         "removed stream stopped"
     );
     signal(&child, "TERM");
     assert!(child.wait().unwrap().success());
     // The restart resumed right after the last acknowledged event: no gap, no repeat.
-    let ids: Vec<u64> = common::read_records(&out_a)
+    let ids: Vec<u64> = support::read_records(&out_a)
         .iter()
         .map(|r| r["id"].as_str().unwrap().parse().unwrap())
         .collect();
@@ -291,16 +274,16 @@ async fn sighup_reopens_files_moved_away_by_logrotate() {
     let log = dir.path().join("relay.log");
     let mut child = spawn(&config, &log, &[]);
     let out = dir.path().join("out/a.jsonl");
-    common::wait_for_records(&out, 5, Duration::from_secs(10)).await;
+    support::wait_for_records(&out, 5, Duration::from_secs(10)).await;
     let rotated = dir.path().join("out/a.jsonl.1");
     std::fs::rename(&out, &rotated).unwrap();
     signal(&child, "HUP");
-    common::wait_for_records(&out, 5, Duration::from_secs(10)).await;
+    support::wait_for_records(&out, 5, Duration::from_secs(10)).await;
     signal(&child, "TERM");
     assert!(child.wait().unwrap().success());
-    let mut ids: Vec<u64> = common::read_records(&rotated)
+    let mut ids: Vec<u64> = support::read_records(&rotated)
         .iter()
-        .chain(common::read_records(&out).iter())
+        .chain(support::read_records(&out).iter())
         .map(|r| r["id"].as_str().unwrap().parse().unwrap())
         .collect();
     let in_order = ids.clone();
@@ -310,14 +293,6 @@ async fn sighup_reopens_files_moved_away_by_logrotate() {
         "the new file continues where the rotated one stopped"
     );
     assert_eq!(ids, (1..=ids.len() as u64).collect::<Vec<_>>());
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn get(url: &str) -> (u16, String) {
@@ -339,7 +314,7 @@ async fn metrics_and_health_are_served_and_counters_move() {
     let server = NumberedServer::start(u64::MAX, 1, Duration::from_millis(20)).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("relay.toml");
-    let port = free_port();
+    let port = support::free_port();
     let toml = format!(
         "{}{}[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
         base_toml(dir.path()),
@@ -348,7 +323,7 @@ async fn metrics_and_health_are_served_and_counters_move() {
     std::fs::write(&config, toml).unwrap();
     let log = dir.path().join("relay.log");
     let mut child = spawn(&config, &log, &[]);
-    common::wait_for_records(&dir.path().join("out/a.jsonl"), 3, Duration::from_secs(10)).await;
+    support::wait_for_records(&dir.path().join("out/a.jsonl"), 3, Duration::from_secs(10)).await;
     let base = format!("http://127.0.0.1:{port}");
     assert_eq!(
         get(&format!("{base}/health")).await,

@@ -1,17 +1,17 @@
 //! The signals an operator trusts, against the real binary: the exit status,
 //! `check`, `/health`, the metrics and the log say what happened.
 
-mod common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use common::{numbered, Reply, TestServer};
+use support::{numbered, Reply, TestServer};
 
 /// A daemon started from a configuration text (`{d}` is its directory).
 struct Daemon {
@@ -31,14 +31,7 @@ impl Daemon {
         )
         .unwrap();
         let log = dir.path().join("relay.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_sse-relay"))
-            .args(["run", "--config"])
-            .arg(&path)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let child = support::spawn_run(&path, &log, &[]);
         Daemon {
             dir,
             child,
@@ -52,17 +45,12 @@ impl Daemon {
     }
 
     fn signal(&self, name: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        support::signal(self.child.id(), name);
     }
 
     /// The exit code, failing the test (with the log) after `within`.
     async fn exit_code(&mut self, within: Duration) -> i32 {
-        let Some(status) = common::exit_within(&mut self.child, within).await else {
+        let Some(status) = support::exit_within(&mut self.child, within).await else {
             panic!("the daemon did not exit within {within:?}:\n{}", self.log());
         };
         assert!(!self.log().contains("panicked"), "{}", self.log());
@@ -229,7 +217,7 @@ async fn a_signal_that_leaves_events_unacknowledged_exits_non_zero_and_says_how_
     })
     .await;
     let receiver = Receiver::start(|_| Some(StatusCode::INTERNAL_SERVER_ERROR)).await;
-    let port = common::free_port();
+    let port = support::free_port();
     let metrics = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"");
     let mut daemon = Daemon::start(&webhook_config(&sse.url("/"), &receiver.url(), &metrics));
     // While the sink fails, its queue depth shows the events it holds.
@@ -237,7 +225,7 @@ async fn a_signal_that_leaves_events_unacknowledged_exits_non_zero_and_says_how_
     loop {
         daemon.assert_running();
         assert!(Instant::now() < deadline, "{}", daemon.log());
-        if let Ok(text) = common::http_get(port, "/metrics").await {
+        if let Ok(text) = support::http_get(port, "/metrics").await {
             if text.contains("sse_relay_sink_queue_depth{sink=\"hook\"} 300") {
                 break;
             }
@@ -248,7 +236,7 @@ async fn a_signal_that_leaves_events_unacknowledged_exits_non_zero_and_says_how_
     let code = daemon.exit_code(WITHIN).await;
     let log = daemon.log();
     assert_eq!(code, 3, "{log}");
-    let line = common::relay::log_line(
+    let line = support::relay::log_line(
         &log,
         &["300 event(s) given to this sink were never acknowledged"],
     );
@@ -266,7 +254,7 @@ async fn a_stream_that_gives_up_shows_in_health_and_the_exit_status() {
         _ => Reply::status(204),
     })
     .await;
-    let port = common::free_port();
+    let port = support::free_port();
     let mut daemon = Daemon::start(&format!(
         r#"
 data_dir = "{{d}}/state"
@@ -312,7 +300,7 @@ path = "{{d}}/out.jsonl"
         .as_str()
         .unwrap()
         .contains("give_up_after"));
-    let metrics = common::http_get(port, "/metrics").await.unwrap();
+    let metrics = support::http_get(port, "/metrics").await.unwrap();
     assert!(
         metrics.contains("sse_relay_stream_up{stream=\"bad\"} 0"),
         "{metrics}"
@@ -328,17 +316,17 @@ path = "{{d}}/out.jsonl"
     let code = daemon.exit_code(WITHIN).await;
     let log = daemon.log();
     assert_eq!(code, 4, "{log}");
-    common::relay::log_line(&log, &["stream(s) bad gave up"]);
+    support::relay::log_line(&log, &["stream(s) bad gave up"]);
     assert_eq!(
-        common::read_records(&daemon.dir.path().join("out.jsonl")).len(),
+        support::read_records(&daemon.dir.path().join("out.jsonl")).len(),
         2
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_cannot_run_is_refused_and_the_old_configuration_keeps_running() {
-    let sse = common::NumberedServer::start(u64::MAX, 1, Duration::from_millis(20)).await;
-    let port = common::free_port();
+    let sse = support::NumberedServer::start(u64::MAX, 1, Duration::from_millis(20)).await;
+    let port = support::free_port();
     let config = format!(
         r#"
 data_dir = "{{d}}/state"
@@ -355,7 +343,7 @@ path = "{{d}}/out.jsonl"
     );
     let mut daemon = Daemon::start(&config);
     let out = daemon.dir.path().join("out.jsonl");
-    common::wait_for_records(&out, 3, Duration::from_secs(20)).await;
+    support::wait_for_records(&out, 3, Duration::from_secs(20)).await;
     // A ca_file that does not exist, then a queue_size tokio cannot allocate.
     let text = std::fs::read_to_string(&daemon.config).unwrap();
     for bad in [
@@ -373,11 +361,11 @@ path = "{{d}}/out.jsonl"
         tokio::time::sleep(Duration::from_millis(500)).await;
         daemon.assert_running();
     }
-    let before = common::read_records(&out).len();
+    let before = support::read_records(&out).len();
     tokio::time::sleep(Duration::from_millis(500)).await;
     daemon.assert_running();
     assert!(
-        common::read_records(&out).len() > before,
+        support::read_records(&out).len() > before,
         "the stream still runs"
     );
     let log = daemon.log();
@@ -386,7 +374,7 @@ path = "{{d}}/out.jsonl"
     assert!(log.contains("/nonexistent/ca.pem"), "{log}");
     assert!(log.contains("queue_size"), "{log}");
     assert!(!log.contains("restarted"), "{log}");
-    let metrics = common::http_get(port, "/metrics").await.unwrap();
+    let metrics = support::http_get(port, "/metrics").await.unwrap();
     assert!(
         metrics.contains("sse_relay_config_reloads_total{result=\"refused\"} 2"),
         "{metrics}"
@@ -399,8 +387,8 @@ path = "{{d}}/out.jsonl"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_checkpoint_saves_turn_health_to_503_and_count() {
-    let sse = common::NumberedServer::start(u64::MAX, 1, Duration::from_millis(20)).await;
-    let port = common::free_port();
+    let sse = support::NumberedServer::start(u64::MAX, 1, Duration::from_millis(20)).await;
+    let port = support::free_port();
     let mut daemon = Daemon::start(&format!(
         "data_dir = \"{{d}}/state\"\ncheckpoint_interval = \"50ms\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n[streams.s]\nurl = \"{}\"\n[sinks.out]\ntype = \"file\"\ninputs = [\"*\"]\npath = \"{{d}}/out.jsonl\"\n",
         sse.url()
@@ -436,7 +424,7 @@ async fn failing_checkpoint_saves_turn_health_to_503_and_count() {
         body.contains("\"component\":\"checkpoint\"") && body.contains("\"name\":\"s\""),
         "{body}"
     );
-    let metrics = common::http_get(port, "/metrics").await.unwrap();
+    let metrics = support::http_get(port, "/metrics").await.unwrap();
     let errors: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("sse_relay_checkpoint_save_errors_total{stream=\"s\"} "))
@@ -467,7 +455,7 @@ async fn a_clean_close_after_events_is_info_and_waits_the_servers_retry() {
         _ => Reply::status(204),
     })
     .await;
-    let mut relay = common::relay::Relay::start(
+    let mut relay = support::relay::Relay::start(
         &sse.url("/"),
         "backoff_initial = \"200ms\"\nbackoff_max = \"10s\"",
     );
@@ -504,7 +492,7 @@ async fn a_clean_close_after_events_is_info_and_waits_the_servers_retry() {
 fn check(config: &str, dir: &Path) -> (bool, String) {
     let path = dir.join("c.toml");
     std::fs::write(&path, config.replace("{d}", &dir.display().to_string())).unwrap();
-    let output = common::output_within(
+    let output = support::output_within(
         Command::new(env!("CARGO_BIN_EXE_sse-relay"))
             .args(["check", "--config"])
             .arg(&path),
@@ -624,7 +612,7 @@ async fn json_logs_carry_the_stream_as_a_field_and_text_logs_no_colour() {
         let output = tokio::task::spawn_blocking({
             let config = config.clone();
             move || {
-                common::output_within(
+                support::output_within(
                     Command::new(env!("CARGO_BIN_EXE_sse-relay"))
                         .args(["--log-format", format, "run", "--config"])
                         .arg(&config)
@@ -651,16 +639,16 @@ async fn json_logs_carry_the_stream_as_a_field_and_text_logs_no_colour() {
                 .unwrap_or_else(|| panic!("{log}"));
             assert_eq!(connected["fields"]["stream"], "wiki", "{connected}");
         } else {
-            common::relay::log_line(&log, &[" INFO stream=wiki connected to "]);
+            support::relay::log_line(&log, &[" INFO stream=wiki connected to "]);
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_is_not_unhealthy_and_a_removed_streams_series_all_go() {
-    let a = common::NumberedServer::start(u64::MAX, 1, Duration::from_millis(20)).await;
-    let b = common::NumberedServer::start(u64::MAX, 1, Duration::from_millis(20)).await;
-    let port = common::free_port();
+    let a = support::NumberedServer::start(u64::MAX, 1, Duration::from_millis(20)).await;
+    let b = support::NumberedServer::start(u64::MAX, 1, Duration::from_millis(20)).await;
+    let port = support::free_port();
     let config = format!(
         r#"
 data_dir = "{{d}}/state"
@@ -679,13 +667,13 @@ path = "{{d}}/{{stream}}.jsonl"
         b = b.url()
     );
     let mut daemon = Daemon::start(&config);
-    common::wait_for_records(
+    support::wait_for_records(
         &daemon.dir.path().join("b.jsonl"),
         3,
         Duration::from_secs(20),
     )
     .await;
-    let before = common::http_get(port, "/metrics").await.unwrap();
+    let before = support::http_get(port, "/metrics").await.unwrap();
     assert!(before.contains("stream=\"b\""), "{before}");
     // Remove stream b, and watch /health all through the reload.
     let text = std::fs::read_to_string(&daemon.config).unwrap();
@@ -707,7 +695,7 @@ path = "{{d}}/{{stream}}.jsonl"
     daemon.assert_running();
     let log = daemon.log();
     assert!(log.contains("1 removed"), "{log}");
-    let after = common::http_get(port, "/metrics").await.unwrap();
+    let after = support::http_get(port, "/metrics").await.unwrap();
     let left: Vec<&str> = after
         .lines()
         .filter(|l| l.contains("stream=\"b\""))

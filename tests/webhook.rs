@@ -3,7 +3,7 @@
 //! test scripts it: 2xx, 4xx, 5xx, 429 with `Retry-After`, a stall past the
 //! sink's timeout, or a connection dropped without an answer.
 
-mod common;
+mod support;
 
 use std::collections::VecDeque;
 use std::io::Read;
@@ -17,11 +17,11 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use common::{numbered, Reply, TestServer};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use sse_relay::config::Config;
 use sse_relay::supervisor::{self, Checkpoints, Shutdown};
+use support::{numbered, Reply, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -81,7 +81,7 @@ impl Attempt {
     }
 
     fn ids(&self) -> Vec<String> {
-        common::ids(&self.records())
+        support::ids(&self.records())
     }
 }
 
@@ -329,7 +329,7 @@ timeout = "300ms"
 max_events = 10
 timeout = "100ms"
 "#;
-    common::run_to_end(
+    support::run_to_end(
         &config(dir.path(), &sse.url("/"), &receiver.url(), extra),
         Duration::from_secs(30),
     )
@@ -401,7 +401,7 @@ timeout = "200ms"
 "#,
         dead.display()
     );
-    common::run_to_end(
+    support::run_to_end(
         &config(dir.path(), &sse.url("/"), &receiver.url(), &extra),
         Duration::from_secs(20),
     )
@@ -417,7 +417,7 @@ timeout = "200ms"
         "the batch after the rejected one is retried, not the rejected one"
     );
 
-    let letters = common::read_records(&dead);
+    let letters = support::read_records(&dead);
     assert_eq!(
         letters.len(),
         rejected.len(),
@@ -455,7 +455,7 @@ async fn without_a_dead_letter_path_a_rejected_batch_is_dropped_not_retried() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let extra = "[sinks.hook.batch]\nmax_events = 3\ntimeout = \"200ms\"\n";
-    common::run_to_end(
+    support::run_to_end(
         &config(dir.path(), &sse.url("/"), &receiver.url(), extra),
         Duration::from_secs(20),
     )
@@ -513,7 +513,7 @@ headers = { Authorization = "Bearer ${TEST_TOKEN}", X-Source = "relay-test" }
 [sinks.hook.batch]
 max_events = 8
 "#;
-    common::run_to_end(
+    support::run_to_end(
         &config(dir.path(), &sse.url("/"), &receiver.url(), extra),
         Duration::from_secs(20),
     )
@@ -549,7 +549,7 @@ async fn a_secret_file_signs_plain_json_bodies() {
     let secret_file = dir.path().join("secret");
     std::fs::write(&secret_file, "from-a-file\n").unwrap();
     let extra = format!("secret_file = \"{}\"\n", secret_file.display());
-    common::run_to_end(
+    support::run_to_end(
         &config(dir.path(), &sse.url("/"), &receiver.url(), &extra),
         Duration::from_secs(20),
     )
@@ -571,7 +571,7 @@ async fn max_events_1_sends_one_event_a_request() {
     let receiver = Receiver::start(|_| Answer::Ok).await;
     let dir = tempfile::tempdir().unwrap();
     let extra = "[sinks.hook.batch]\nmax_events = 1\n";
-    common::run_to_end(
+    support::run_to_end(
         &config(dir.path(), &sse.url("/"), &receiver.url(), extra),
         Duration::from_secs(20),
     )
@@ -593,7 +593,7 @@ async fn bodies_stay_within_max_bytes() {
             "encoding = \"{encoding}\"\n[sinks.hook.batch]\nmax_bytes = {max_bytes}\ntimeout = \"200ms\"\n"
         );
         let dir = tempfile::tempdir().unwrap();
-        common::run_to_end(
+        support::run_to_end(
             &config(dir.path(), &sse.url("/"), &receiver.url(), &extra),
             Duration::from_secs(20),
         )
@@ -625,7 +625,7 @@ async fn a_batch_closes_at_its_timeout() {
     let receiver = Receiver::start(|_| Answer::Ok).await;
     let dir = tempfile::tempdir().unwrap();
     let extra = "[sinks.hook.batch]\nmax_events = 1000\ntimeout = \"300ms\"\n";
-    common::run_to_end(
+    support::run_to_end(
         &config(dir.path(), &sse.url("/"), &receiver.url(), extra),
         Duration::from_secs(20),
     )

@@ -662,3 +662,51 @@ pub async fn exit_within(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Starts `sse-relay run --config CONFIG` with `envs` set, its stderr
+/// appended to `log` and its stdout discarded. The environment a developer's
+/// shell or a systemd session leaves (RUST_LOG, NOTIFY_SOCKET, WATCHDOG_USEC)
+/// is removed, so the daemon behaves as the test says.
+pub fn spawn_run(
+    config: &std::path::Path,
+    log: &std::path::Path,
+    envs: &[(&str, &str)],
+) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sse-relay"));
+    command
+        .args(["run", "--config"])
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    command.spawn().unwrap()
+}
+
+/// Sends signal `name` (`TERM`, `HUP`, `KILL`, ...) to process `pid`.
+pub fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// The resident set size of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
