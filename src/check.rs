@@ -20,6 +20,9 @@ pub fn summary(path: &Path, config: &Config) -> String {
         if !headers.is_empty() {
             let _ = write!(out, "  headers: {}", headers.join(", "));
         }
+        if let Some(auth) = &stream.auth {
+            let _ = write!(out, "  auth: {}", auth.describe());
+        }
         let _ = writeln!(
             out,
             "  backoff {}..{}, idle_timeout {}",
@@ -69,6 +72,15 @@ pub fn summary(path: &Path, config: &Config) -> String {
                 "stream `{}` sends headers over plain http://; credentials in them travel unencrypted",
                 stream.name
             ));
+        }
+        if let Some(auth) = &stream.auth {
+            auth.warnings(&format!("stream `{}`", stream.name), &mut warnings);
+            if stream.url.scheme() == "http" {
+                warnings.push(format!(
+                    "stream `{}` sends its `auth` credentials over plain http://: they travel unencrypted",
+                    stream.name
+                ));
+            }
         }
         if stream.url.scheme() == "http" && url_has_credentials(&stream.url) {
             warnings.push(format!(

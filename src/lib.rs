@@ -14,6 +14,7 @@
 //! ```
 
 pub mod ack;
+pub mod auth;
 pub mod backoff;
 pub mod check;
 pub mod checkpoint;

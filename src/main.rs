@@ -69,6 +69,10 @@ enum Command {
         /// Do not verify TLS certificates (dangerous).
         #[arg(long)]
         insecure: bool,
+        /// Send `Authorization: Bearer <contents of PATH>`, read before every
+        /// connection attempt (a token rotated on disk is used at the next one).
+        #[arg(long, value_name = "PATH")]
+        bearer_file: Option<PathBuf>,
     },
     /// Relay a built-in SSE source on loopback to stdout: reconnects and resume
     /// in action, no network needed.
@@ -132,6 +136,7 @@ fn main() -> ExitCode {
                 idle_timeout,
                 ca_file,
                 insecure,
+                bearer_file,
             } => {
                 let encoding = match format {
                     TailFormat::Json => Encoding::Json,
@@ -145,6 +150,7 @@ fn main() -> ExitCode {
                     idle_timeout,
                     ca_file,
                     insecure,
+                    bearer_file,
                 };
                 match tail.config(encoding) {
                     Ok(config) => relay(&config, Checkpoints::InMemory, None).await,
@@ -300,6 +306,7 @@ struct TailArgs {
     idle_timeout: Duration,
     ca_file: Option<PathBuf>,
     insecure: bool,
+    bearer_file: Option<PathBuf>,
 }
 
 impl TailArgs {
@@ -332,6 +339,15 @@ impl TailArgs {
         stream.idle_timeout = self.idle_timeout;
         stream.ca_file = self.ca_file;
         stream.tls_insecure = self.insecure;
+        if let Some(path) = self.bearer_file {
+            if stream.headers.contains_key(reqwest::header::AUTHORIZATION) {
+                return Err(
+                    "error: --bearer-file and an Authorization header (-H) both set the Authorization header"
+                        .to_owned(),
+                );
+            }
+            stream.auth = Some(sse_relay::auth::AuthConfig::BearerFile { path });
+        }
         Ok(single_stream_config(stream, encoding))
     }
 }
@@ -355,6 +371,7 @@ fn stream_defaults(name: &str, url: reqwest::Url) -> StreamConfig {
         allow_insecure_redirects: false,
         give_up_after: None,
         give_up_statuses: sse_relay::config::DEFAULT_GIVE_UP_STATUSES.to_vec(),
+        auth: None,
     }
 }
 

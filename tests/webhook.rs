@@ -850,3 +850,53 @@ tls_insecure = true
     assert!(summary.contains("tls_insecure"), "{summary}");
     assert!(summary.contains("no dead_letter_path"), "{summary}");
 }
+
+#[tokio::test]
+async fn a_401_renews_the_webhook_token_and_sends_the_same_batch_again_never_dead_lettering_it() {
+    let sse = sse_once(20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("hook-token");
+    std::fs::write(&token, "hook-token-1\n").unwrap();
+    let rotate = token.clone();
+    // The receiver refuses the second request, as after a rotation; the
+    // new token is on disk by the time the relay reads it again.
+    let receiver = Receiver::start(move |n| match n {
+        1 => {
+            std::fs::write(&rotate, "hook-token-2\n").unwrap();
+            Answer::Status(401)
+        }
+        _ => Answer::Ok,
+    })
+    .await;
+    let dead = dir.path().join("dead.jsonl");
+    let extra = format!(
+        "dead_letter_path = \"{}\"\n[sinks.hook.batch]\nmax_events = 5\ntimeout = \"200ms\"\n\
+         [sinks.hook.auth]\ntype = \"bearer_file\"\npath = \"{}\"\n",
+        dead.display(),
+        token.display()
+    );
+    support::run_to_end(
+        &config(dir.path(), &sse.url("/"), &receiver.url(), &extra),
+        Duration::from_secs(20),
+    )
+    .await;
+    let attempts = receiver.attempts();
+    let auth: Vec<Option<&str>> = attempts.iter().map(|a| a.header("authorization")).collect();
+    assert_eq!(auth[0], Some("Bearer hook-token-1"), "{auth:?}");
+    assert_eq!(auth[1], Some("Bearer hook-token-1"), "{auth:?}");
+    assert!(
+        auth[2..].iter().all(|a| *a == Some("Bearer hook-token-2")),
+        "{auth:?}"
+    );
+    assert_eq!(attempts[1].answer, Answer::Status(401));
+    assert_eq!(
+        attempts[2].ids(),
+        attempts[1].ids(),
+        "the refused batch is sent again"
+    );
+    assert!(
+        !dead.exists() || support::read_records(&dead).is_empty(),
+        "a 401 is not a rejection"
+    );
+    assert_eq!(receiver.delivered(), range(1, 20));
+}

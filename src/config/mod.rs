@@ -25,6 +25,8 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+use crate::auth::config::check_no_authorization_header;
+use crate::auth::{AuthConfig, RawAuth};
 use crate::nats::config::RawConnection;
 use crate::nats::NatsConnection;
 use crate::sink::config::parse_sink;
@@ -124,6 +126,8 @@ pub struct StreamConfig {
     /// with a status in `give_up_statuses`; `None` retries forever.
     pub give_up_after: Option<u32>,
     pub give_up_statuses: Vec<u16>,
+    /// Credentials renewed without a reload (`[streams.NAME.auth]`).
+    pub auth: Option<AuthConfig>,
 }
 
 impl std::fmt::Debug for StreamConfig {
@@ -148,6 +152,7 @@ impl std::fmt::Debug for StreamConfig {
             .field("allow_insecure_redirects", &self.allow_insecure_redirects)
             .field("give_up_after", &self.give_up_after)
             .field("give_up_statuses", &self.give_up_statuses)
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -228,6 +233,7 @@ struct RawStream {
     allow_insecure_redirects: Option<bool>,
     give_up_after: Option<Spanned<u32>>,
     give_up_statuses: Option<Spanned<Vec<u16>>>,
+    auth: Option<Spanned<RawAuth>>,
 }
 
 // ---------------------------------------------------------------------------
@@ -354,6 +360,22 @@ fn stream_table(
     v.check_name("stream", name, span.clone())?;
     let url = v.http_url(&raw.url)?;
     let headers = v.headers(&raw.headers)?;
+    let auth = match &raw.auth {
+        None => None,
+        Some(auth) => {
+            check_no_authorization_header(v, auth.span(), &headers)?;
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(v
+                    .error(
+                        auth.span(),
+                        "`auth` and user info in `url` both set the Authorization header",
+                    )
+                    .with_key("auth")
+                    .with_help("remove the user info from `url`; `auth` sends the credentials"));
+            }
+            Some(auth.get_ref().validate(v, auth.span())?)
+        }
+    };
     let backoff_initial = raw.backoff_initial.unwrap_or(Duration::from_secs(1));
     let backoff_max = raw.backoff_max.unwrap_or(Duration::from_secs(60));
     if backoff_initial.is_zero() || backoff_initial > backoff_max {
@@ -438,6 +460,7 @@ fn stream_table(
             }
             None => DEFAULT_GIVE_UP_STATUSES.to_vec(),
         },
+        auth,
     })
 }
 

@@ -121,7 +121,6 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// `Authorization: Basic` from the URL's user info (percent-decoded, as
 /// browsers send it), marked sensitive.
 pub fn basic_auth(url: &Url) -> Option<HeaderValue> {
-    use base64::Engine as _;
     if url.username().is_empty() && url.password().is_none() {
         return None;
     }
@@ -130,15 +129,20 @@ pub fn basic_auth(url: &Url) -> Option<HeaderValue> {
             .decode_utf8_lossy()
             .into_owned()
     };
-    let pair = format!(
-        "{}:{}",
-        decode(url.username()),
-        decode(url.password().unwrap_or_default())
-    );
-    let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
-    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+    Some(basic_auth_pair(
+        &decode(url.username()),
+        &decode(url.password().unwrap_or_default()),
+    ))
+}
+
+/// `Authorization: Basic base64(user:password)`, marked sensitive.
+pub fn basic_auth_pair(user: &str, password: &str) -> HeaderValue {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let mut value =
+        HeaderValue::from_str(&format!("Basic {encoded}")).expect("base64 is a valid header value");
     value.set_sensitive(true);
-    Some(value)
+    value
 }
 
 /// The URL a request goes to: without user info, which travels as a header

@@ -22,10 +22,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
-use reqwest::header::HeaderMap;
+use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Client, StatusCode, Url};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Credentials;
 use crate::backoff::Backoff;
 use crate::config::StreamConfig;
 use crate::http::{self, decode, redirect};
@@ -72,6 +73,8 @@ pub struct Stream {
     backoff: Backoff,
     url_for_logs: String,
     metrics: StreamMetrics,
+    /// Where `[streams.NAME.auth]` credentials come from, if it has them.
+    credentials: Option<Credentials>,
 }
 
 impl Stream {
@@ -84,6 +87,12 @@ impl Stream {
         metrics: StreamMetrics,
     ) -> Result<Self, String> {
         let client = client::build_client(&config)?;
+        let credentials = config
+            .auth
+            .as_ref()
+            .map(|auth| Credentials::new(auth, config.ca_file.as_deref(), config.tls_insecure))
+            .transpose()
+            .map_err(|e| e.to_string())?;
         let mut parser = Parser::new(config.limits);
         parser.set_last_event_id(last_event_id);
         let backoff = Backoff::new(config.backoff_initial, config.backoff_max, config.retry_max);
@@ -101,6 +110,7 @@ impl Stream {
             router,
             backoff,
             metrics,
+            credentials,
         })
     }
 
@@ -112,6 +122,9 @@ impl Stream {
     pub async fn run(mut self: Box<Self>, shutdown: CancellationToken) -> StreamEnd {
         // Attempts in a row answered with a status in `give_up_statuses`.
         let mut refusals = 0u32;
+        // Whether the last attempt was a 401 retried at once with renewed
+        // credentials: the next 401 waits for backoff like any refusal.
+        let mut renewed = false;
         loop {
             let attempt = match self.connect(&shutdown).await {
                 Ok(body) => self.read_body(body, &shutdown).await,
@@ -136,6 +149,16 @@ impl Stream {
                     delivered_events,
                 } => {
                     self.metrics.reconnect(kind);
+                    if status == Some(401) && self.credentials.is_some() && !renewed {
+                        renewed = true;
+                        tracing::info!(
+                            stream = %self.config.name,
+                            "{} answered HTTP 401: credentials renewed, reconnecting at once",
+                            self.url_for_logs
+                        );
+                        continue;
+                    }
+                    renewed = status == Some(401) && self.credentials.is_some();
                     let counted = status.is_some_and(|s| self.config.give_up_statuses.contains(&s));
                     refusals = if counted { refusals + 1 } else { 0 };
                     if self
@@ -208,7 +231,7 @@ impl Stream {
             _ = shutdown.cancelled() => return Err(Attempt::Shutdown),
             opened = tokio::time::timeout(patience, self.open()) => opened,
         };
-        let (url, answer) = match opened {
+        let (url, answer, authorization) = match opened {
             Err(_) => {
                 return Err(retry(
                     "timeout",
@@ -220,6 +243,11 @@ impl Stream {
             }
             Ok(opened) => opened?,
         };
+        if answer.status == StatusCode::UNAUTHORIZED {
+            if let (Some(credentials), Some(used)) = (&self.credentials, &authorization) {
+                credentials.renew(used).await;
+            }
+        }
         self.check_answer(answer.status, &answer.headers, &url)?;
         let coding = decode::Coding::of(&answer.headers)
             .map_err(|unsupported| retry("content_encoding", unsupported.to_string()))?;
@@ -235,9 +263,18 @@ impl Stream {
 
     /// Sends the request and follows redirects by [`redirect`]'s policy,
     /// each hop through the client that fits its URL. Returns the URL that
-    /// answered and its answer.
-    async fn open(&self) -> Result<(Url, Answer), Attempt> {
+    /// answered, its answer, and the `auth` credentials the request carried.
+    async fn open(&self) -> Result<(Url, Answer, Option<HeaderValue>), Attempt> {
         let config = &self.config;
+        let authorization = match &self.credentials {
+            Some(credentials) => Some(
+                credentials
+                    .authorization()
+                    .await
+                    .map_err(|e| retry("auth", e.to_string()))?,
+            ),
+            None => None,
+        };
         let mut url = http::without_user_info(&config.url);
         let mut chain = redirect::Chain::new(
             &config.url,
@@ -246,7 +283,11 @@ impl Stream {
         );
         let mut credentials = true;
         loop {
-            let headers = client::request_headers(config, self.parser.last_event_id(), credentials);
+            let mut headers =
+                client::request_headers(config, self.parser.last_event_id(), credentials);
+            if let (true, Some(authorization)) = (credentials, &authorization) {
+                headers.insert(reqwest::header::AUTHORIZATION, authorization.clone());
+            }
             let answer = if wire::eligible(&url, config.http2) {
                 let response = wire::open(&url, &headers, config.connect_timeout)
                     .await
@@ -277,7 +318,7 @@ impl Stream {
                 }
             };
             let Some(next) = redirect::location(&url, answer.status, &answer.headers) else {
-                return Ok((url, answer));
+                return Ok((url, answer, authorization.filter(|_| credentials)));
             };
             let hop = chain
                 .follow(&url, &next)

@@ -32,7 +32,7 @@ pub const MAX_NAME_BYTES: usize = 128;
 
 /// A secret from the configuration. It never prints: not in `Debug`, logs,
 /// `check` output or errors.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Secret(Vec<u8>);
 
 impl Secret {

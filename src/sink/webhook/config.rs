@@ -15,6 +15,8 @@ use toml::de::DeTable;
 use toml::Spanned;
 
 use super::{dead_letter_torn_tail, WebhookSink};
+use crate::auth::config::check_no_authorization_header;
+use crate::auth::{AuthConfig, RawAuth};
 use crate::http::redact::url_has_credentials;
 use crate::http::redact_url;
 use crate::preflight::Findings;
@@ -45,6 +47,8 @@ pub struct WebhookConfig {
     pub backoff_max: Duration,
     /// The longest `Retry-After` honoured; longer ones are clamped to it.
     pub retry_max: Duration,
+    /// Credentials renewed without a reload (`[sinks.NAME.auth]`).
+    pub auth: Option<AuthConfig>,
 }
 
 /// When a webhook batch closes: at whichever limit comes first.
@@ -88,6 +92,7 @@ pub struct RawWebhook {
     backoff_max: Option<Spanned<Duration>>,
     #[serde(default, deserialize_with = "spanned_duration")]
     retry_max: Option<Spanned<Duration>>,
+    auth: Option<Spanned<RawAuth>>,
 }
 
 /// A webhook sink's `[sinks.NAME.batch]` table.
@@ -150,7 +155,26 @@ impl SinkType for WebhookConfig {
             .retry_max
             .as_ref()
             .map_or(Duration::from_secs(3600), |r| *r.get_ref());
+        let auth = match &raw.auth {
+            None => None,
+            Some(auth) => {
+                check_no_authorization_header(v, auth.span(), &headers)?;
+                if !url.username().is_empty() || url.password().is_some() {
+                    return Err(v
+                        .error(
+                            auth.span(),
+                            "`auth` and user info in `url` both set the Authorization header",
+                        )
+                        .with_key("auth")
+                        .with_help(
+                            "remove the user info from `url`; `auth` sends the credentials",
+                        ));
+                }
+                Some(auth.get_ref().validate(v, auth.span())?)
+            }
+        };
         Ok(WebhookConfig {
+            auth,
             url,
             method,
             headers,
@@ -182,6 +206,14 @@ impl SinkType for WebhookConfig {
     }
 
     fn warnings(&self, sink: &str, out: &mut Vec<String>) {
+        if let Some(auth) = &self.auth {
+            auth.warnings(&format!("sink `{sink}`"), out);
+            if self.url.scheme() == "http" {
+                out.push(format!(
+                    "sink `{sink}` sends its `auth` credentials over plain http://: they travel unencrypted"
+                ));
+            }
+        }
         if self.tls_insecure {
             out.push(format!(
                 "sink `{}` has tls_insecure = true: TLS certificates are not verified",
@@ -283,6 +315,9 @@ fn summary(webhook: &WebhookConfig, encoding: Encoding) -> String {
     if !webhook.headers.is_empty() {
         let names: Vec<&str> = webhook.headers.keys().map(|k| k.as_str()).collect();
         out.push_str(&format!(", headers: {}", names.join(", ")));
+    }
+    if let Some(auth) = &webhook.auth {
+        out.push_str(&format!(", auth: {}", auth.describe()));
     }
     if let Some(path) = &webhook.dead_letter_path {
         out.push_str(&format!(", dead letters: {}", path.display()));

@@ -39,6 +39,7 @@ use reqwest::{Client, StatusCode};
 use sha2::Sha256;
 
 use super::{Batching, Delivery, Sink, Written};
+use crate::auth::Credentials;
 use crate::backoff::Backoff;
 use crate::files::TornTail;
 use crate::http::{redact_url, retry_after, with_tls};
@@ -72,6 +73,8 @@ pub struct WebhookSink {
     dead_letter_start: Option<u64>,
     /// What a dead letter torn by an interrupted write looks like.
     dead_letter_torn: TornTail,
+    /// `[sinks.NAME.auth]` credentials, if it has them.
+    credentials: Option<Credentials>,
 }
 
 struct Rejection {
@@ -83,6 +86,9 @@ struct Rejection {
 enum Outcome {
     Accepted,
     Rejected(Rejection),
+    /// A 401 to a request that carried `auth` credentials: renewed and tried
+    /// again, never dead-lettered (the receiver did not judge the batch).
+    Unauthorized,
 }
 
 impl WebhookSink {
@@ -123,7 +129,13 @@ impl WebhookSink {
                 "tls_insecure = true: the TLS certificate of {shown_url} is not verified"
             );
         }
+        let credentials = config
+            .auth
+            .as_ref()
+            .map(|auth| Credentials::new(auth, config.ca_file.as_deref(), config.tls_insecure))
+            .transpose()?;
         Ok(WebhookSink {
+            credentials,
             name: name.to_owned(),
             dead_letter_torn,
             backoff: Backoff::new(config.backoff_initial, config.backoff_max, config.retry_max),
@@ -172,8 +184,48 @@ impl WebhookSink {
         }
     }
 
-    /// Sends `body` once. `Err` means the attempt may be retried.
+    /// Sends `body`: once, or with `auth` credentials until they are
+    /// accepted, renewing them after a 401 and trying again at once (once;
+    /// a second 401 fails the attempt, retried with backoff). `Err` means the
+    /// attempt may be retried.
     async fn send(&mut self, body: Bytes) -> io::Result<Outcome> {
+        let Some(credentials) = self.credentials.clone() else {
+            return self.send_once(body, None).await;
+        };
+        let mut renewed = false;
+        loop {
+            let authorization = credentials
+                .authorization()
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            match self.send_once(body.clone(), Some(&authorization)).await? {
+                Outcome::Unauthorized => {
+                    credentials.renew(&authorization).await;
+                    if renewed {
+                        return Err(io::Error::other(format!(
+                            "{} {} answered HTTP 401 to renewed credentials too",
+                            self.config.method, self.shown_url
+                        )));
+                    }
+                    renewed = true;
+                    tracing::info!(
+                        sink = %self.name,
+                        "{} {} answered HTTP 401: credentials renewed, sending again at once",
+                        self.config.method,
+                        self.shown_url
+                    );
+                }
+                outcome => return Ok(outcome),
+            }
+        }
+    }
+
+    /// Sends `body` once, with `authorization` if given.
+    async fn send_once(
+        &mut self,
+        body: Bytes,
+        authorization: Option<&HeaderValue>,
+    ) -> io::Result<Outcome> {
         let mut headers = HeaderMap::new();
         let content_type = match self.encoding {
             Encoding::Ndjson => "application/x-ndjson",
@@ -183,6 +235,9 @@ impl WebhookSink {
         // The operator's headers may replace the content type, not the framing
         // or the signature below.
         headers.extend(self.config.headers.clone());
+        if let Some(authorization) = authorization {
+            headers.insert(header::AUTHORIZATION, authorization.clone());
+        }
         if self.config.compression == Some(Compression::Gzip) {
             headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
@@ -217,9 +272,17 @@ impl WebhookSink {
         })?;
         let status = response.status();
         let retry_after_header = retry_after(response.headers());
-        let detail = read_detail(response, &self.secrets()).await;
+        let mut secrets = self.secrets();
+        // A receiver may echo the token it refused.
+        if let Some(token) = authorization.and_then(|a| a.as_bytes().strip_prefix(b"Bearer ")) {
+            secrets.push(token);
+        }
+        let detail = read_detail(response, &secrets).await;
         if status.is_success() {
             return Ok(Outcome::Accepted);
+        }
+        if status == StatusCode::UNAUTHORIZED && authorization.is_some() {
+            return Ok(Outcome::Unauthorized);
         }
         if status.is_client_error()
             && status != StatusCode::REQUEST_TIMEOUT
@@ -312,6 +375,14 @@ impl Sink for WebhookSink {
                 Outcome::Accepted => {
                     self.finish_batch();
                     return Ok(Written::Durable);
+                }
+                // `send` renews or fails on a 401; should one get here, it
+                // is retried like any failure, never dropped.
+                Outcome::Unauthorized => {
+                    return Err(io::Error::other(format!(
+                        "{} {} answered HTTP 401",
+                        self.config.method, self.shown_url
+                    )))
                 }
                 Outcome::Rejected(rejection) => {
                     let what = describe_batch(batch);
