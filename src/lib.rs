@@ -23,6 +23,7 @@ pub mod config;
 pub mod demo;
 pub mod escape;
 pub mod files;
+pub mod gaps;
 pub mod http;
 pub mod log;
 pub mod metrics;

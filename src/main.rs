@@ -372,6 +372,10 @@ fn stream_defaults(name: &str, url: reqwest::Url) -> StreamConfig {
         give_up_after: None,
         give_up_statuses: sse_relay::config::DEFAULT_GIVE_UP_STATUSES.to_vec(),
         auth: None,
+        method: reqwest::Method::GET,
+        body: None,
+        last_event_id_query: None,
+        id_gap_check: Default::default(),
     }
 }
 

@@ -93,6 +93,7 @@ const RECONNECT_REASONS: &[&str] = &[
     "body_error",
     "redirects",
     "insecure_redirect",
+    "auth",
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -113,6 +114,10 @@ pub struct Metrics {
     stream_events: Family<StreamLabel, Counter>,
     stream_bytes: Family<StreamLabel, Counter>,
     stream_oversized: Family<StreamLabel, Counter>,
+    stream_id_gaps: Family<StreamLabel, Counter>,
+    stream_missing_ids: Family<StreamLabel, Counter>,
+    stream_id_regressions: Family<StreamLabel, Counter>,
+    stream_ids_unparsable: Family<StreamLabel, Counter>,
     stream_connected: Family<StreamLabel, Gauge>,
     stream_reconnects: Family<ReconnectLabels, Counter>,
     stream_last_event: Family<StreamLabel, SecondsGauge>,
@@ -150,6 +155,10 @@ impl Metrics {
             stream_events: Family::default(),
             stream_bytes: Family::default(),
             stream_oversized: Family::default(),
+            stream_id_gaps: Family::default(),
+            stream_missing_ids: Family::default(),
+            stream_id_regressions: Family::default(),
+            stream_ids_unparsable: Family::default(),
             stream_connected: Family::default(),
             stream_reconnects: Family::default(),
             stream_last_event: Family::default(),
@@ -185,6 +194,26 @@ impl Metrics {
             "stream_oversized_events",
             "Events dropped for exceeding max_line_bytes or max_event_bytes",
             m.stream_oversized.clone(),
+        );
+        registry.register(
+            "stream_id_gaps",
+            "Ids that skipped ahead of the one expected (id_gap_check)",
+            m.stream_id_gaps.clone(),
+        );
+        registry.register(
+            "stream_missing_ids",
+            "Ids skipped over by gaps (id_gap_check = \"sequential\")",
+            m.stream_missing_ids.clone(),
+        );
+        registry.register(
+            "stream_id_regressions",
+            "Ids not above the one before (id_gap_check)",
+            m.stream_id_regressions.clone(),
+        );
+        registry.register(
+            "stream_ids_unparsable",
+            "Ids that are not integers, skipped by id_gap_check",
+            m.stream_ids_unparsable.clone(),
         );
         registry.register(
             "stream_connected",
@@ -396,6 +425,10 @@ impl Metrics {
             &self.stream_events,
             &self.stream_bytes,
             &self.stream_oversized,
+            &self.stream_id_gaps,
+            &self.stream_missing_ids,
+            &self.stream_id_regressions,
+            &self.stream_ids_unparsable,
         ] {
             family.remove(&label);
         }
@@ -582,6 +615,15 @@ pub struct ConnectionCounts {
 }
 
 /// One stream's metric handles.
+/// A stream's `id_gap_check` counters.
+#[derive(Clone)]
+pub struct IdCheckMetrics {
+    pub gaps: Counter,
+    pub missing: Counter,
+    pub regressions: Counter,
+    pub unparsable: Counter,
+}
+
 #[derive(Clone)]
 pub struct StreamMetrics {
     pub events: Counter,
@@ -610,6 +652,21 @@ impl StreamMetrics {
             state,
             Connection::Stopped | Connection::GaveUp
         )));
+    }
+
+    /// The counters of `id_gap_check`, created (at zero) only for streams
+    /// that check, so the others cost nothing.
+    pub fn id_checks(&self) -> IdCheckMetrics {
+        let label = StreamLabel {
+            stream: self.name.clone(),
+        };
+        let m = &self.metrics;
+        IdCheckMetrics {
+            gaps: m.stream_id_gaps.get_or_create_owned(&label),
+            missing: m.stream_missing_ids.get_or_create_owned(&label),
+            regressions: m.stream_id_regressions.get_or_create_owned(&label),
+            unparsable: m.stream_ids_unparsable.get_or_create_owned(&label),
+        }
     }
 
     /// An attempt ended for `reason` (a short, fixed word such as `closed`).

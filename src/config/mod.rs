@@ -27,6 +27,7 @@ use toml::Spanned;
 
 use crate::auth::config::check_no_authorization_header;
 use crate::auth::{AuthConfig, RawAuth};
+use crate::gaps::IdGapCheck;
 use crate::nats::config::RawConnection;
 use crate::nats::NatsConnection;
 use crate::sink::config::parse_sink;
@@ -128,6 +129,14 @@ pub struct StreamConfig {
     pub give_up_statuses: Vec<u16>,
     /// Credentials renewed without a reload (`[streams.NAME.auth]`).
     pub auth: Option<AuthConfig>,
+    /// `GET` (the default) or `POST`.
+    pub method: reqwest::Method,
+    /// Sent with every connection attempt (`body` or `body_file`).
+    pub body: Option<bytes::Bytes>,
+    /// The URL query parameter that carries the last event id, if the server
+    /// reads it there.
+    pub last_event_id_query: Option<String>,
+    pub id_gap_check: IdGapCheck,
 }
 
 impl std::fmt::Debug for StreamConfig {
@@ -153,6 +162,11 @@ impl std::fmt::Debug for StreamConfig {
             .field("give_up_after", &self.give_up_after)
             .field("give_up_statuses", &self.give_up_statuses)
             .field("auth", &self.auth)
+            .field("method", &self.method)
+            // A subscription body may hold an API key: its size only.
+            .field("body_bytes", &self.body.as_ref().map(bytes::Bytes::len))
+            .field("last_event_id_query", &self.last_event_id_query)
+            .field("id_gap_check", &self.id_gap_check)
             .finish()
     }
 }
@@ -234,6 +248,11 @@ struct RawStream {
     give_up_after: Option<Spanned<u32>>,
     give_up_statuses: Option<Spanned<Vec<u16>>>,
     auth: Option<Spanned<RawAuth>>,
+    method: Option<Spanned<String>>,
+    body: Option<Spanned<String>>,
+    body_file: Option<Spanned<String>>,
+    last_event_id_query: Option<Spanned<String>>,
+    id_gap_check: Option<IdGapCheck>,
 }
 
 // ---------------------------------------------------------------------------
@@ -376,6 +395,23 @@ fn stream_table(
             Some(auth.get_ref().validate(v, auth.span())?)
         }
     };
+    let (method, body) = method_and_body(v, span.clone(), &raw)?;
+    let last_event_id_query = match &raw.last_event_id_query {
+        None => None,
+        Some(name) => {
+            let text = v.expand(name)?;
+            if text.is_empty()
+                || text.contains(['&', '=', '#'])
+                || text.chars().any(char::is_whitespace)
+            {
+                return Err(v
+                    .error(name.span(), format!("invalid query parameter name {text:?}"))
+                    .with_key("last_event_id_query")
+                    .with_help("name the parameter the server reads the last event id from, e.g. \"lastEventID\""));
+            }
+            Some(text)
+        }
+    };
     let backoff_initial = raw.backoff_initial.unwrap_or(Duration::from_secs(1));
     let backoff_max = raw.backoff_max.unwrap_or(Duration::from_secs(60));
     if backoff_initial.is_zero() || backoff_initial > backoff_max {
@@ -461,7 +497,71 @@ fn stream_table(
             None => DEFAULT_GIVE_UP_STATUSES.to_vec(),
         },
         auth,
+        method,
+        body,
+        last_event_id_query,
+        id_gap_check: raw.id_gap_check.unwrap_or_default(),
     })
+}
+
+/// A stream's `method` and its `body` or `body_file`.
+fn method_and_body(
+    v: &Validator,
+    span: Range<usize>,
+    raw: &RawStream,
+) -> Result<(reqwest::Method, Option<bytes::Bytes>), ConfigError> {
+    let method = match &raw.method {
+        None => reqwest::Method::GET,
+        Some(method) => match method.get_ref().to_ascii_uppercase().as_str() {
+            "GET" => reqwest::Method::GET,
+            "POST" => reqwest::Method::POST,
+            _ => {
+                return Err(v
+                    .error(
+                        method.span(),
+                        format!("unsupported method `{}`", method.get_ref()),
+                    )
+                    .with_key("method")
+                    .with_help("expected GET (the default) or POST"))
+            }
+        },
+    };
+    let body = match (&raw.body, &raw.body_file) {
+        (None, None) => None,
+        (Some(_), Some(file)) => {
+            return Err(v
+                .error(file.span(), "set `body` or `body_file`, not both")
+                .with_key("body_file"))
+        }
+        (Some(body), None) => Some(bytes::Bytes::from(v.expand(body)?)),
+        (None, Some(file)) => {
+            let path = PathBuf::from(v.expand(file)?);
+            let bytes = std::fs::read(&path).map_err(|e| {
+                v.error(
+                    file.span(),
+                    format!("cannot read body_file {}: {e}", path.display()),
+                )
+                .with_key("body_file")
+            })?;
+            Some(bytes::Bytes::from(bytes))
+        }
+    };
+    if body.is_some() && method == reqwest::Method::GET {
+        let at = raw
+            .body
+            .as_ref()
+            .or(raw.body_file.as_ref())
+            .map_or(span, Spanned::span);
+        return Err(v
+            .error(at, "a GET request carries no body")
+            .with_key(if raw.body.is_some() {
+                "body"
+            } else {
+                "body_file"
+            })
+            .with_help("set method = \"POST\" to send it"));
+    }
+    Ok((method, body))
 }
 
 /// The `[checkpoints]` table: its own keys, and a NATS connection's.

@@ -42,6 +42,25 @@ pub fn location(from: &Url, status: StatusCode, headers: &HeaderMap) -> Option<U
     Some(next)
 }
 
+/// The method of the request after a redirect answered `status`, by the
+/// Fetch standard's rule: 307 and 308 keep the method and the body; 301 and
+/// 302 turn a POST into a GET, and 303 turns anything but GET and HEAD into
+/// a GET; a request turned into a GET loses its body. The bool says whether
+/// the body goes along.
+pub fn method_after(method: &reqwest::Method, status: StatusCode) -> (reqwest::Method, bool) {
+    use reqwest::Method;
+    let to_get = match status.as_u16() {
+        301 | 302 => *method == Method::POST,
+        303 => *method != Method::GET && *method != Method::HEAD,
+        _ => false,
+    };
+    if to_get {
+        (Method::GET, false)
+    } else {
+        (method.clone(), true)
+    }
+}
+
 /// A redirect chain in progress for one request.
 #[derive(Debug, Clone)]
 pub struct Chain {
@@ -243,5 +262,32 @@ mod tests {
         let next = location(&from, StatusCode::TEMPORARY_REDIRECT, &h).unwrap();
         assert_eq!(next.as_str(), "http://b.example/");
         assert!(location(&from, StatusCode::FOUND, &HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn post_keeps_its_body_only_through_307_and_308() {
+        use reqwest::Method;
+        let after = |method: Method, status: u16| {
+            method_after(&method, StatusCode::from_u16(status).unwrap())
+        };
+        for status in [301, 302, 303] {
+            assert_eq!(
+                after(Method::POST, status),
+                (Method::GET, false),
+                "{status}"
+            );
+        }
+        for status in [307, 308] {
+            assert_eq!(
+                after(Method::POST, status),
+                (Method::POST, true),
+                "{status}"
+            );
+        }
+        for status in [301, 302, 303, 307, 308] {
+            assert_eq!(after(Method::GET, status), (Method::GET, true), "{status}");
+        }
+        assert_eq!(after(Method::PUT, 303), (Method::GET, false));
+        assert_eq!(after(Method::PUT, 302), (Method::PUT, true));
     }
 }

@@ -29,8 +29,9 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Credentials;
 use crate::backoff::Backoff;
 use crate::config::StreamConfig;
+use crate::gaps::{Finding, IdChecker, IdGapCheck};
 use crate::http::{self, decode, redirect};
-use crate::metrics::{unix_now, Connection, StreamMetrics};
+use crate::metrics::{unix_now, Connection, IdCheckMetrics, StreamMetrics};
 use crate::record::Records;
 use crate::route::Router;
 use crate::sse::Parser;
@@ -75,6 +76,8 @@ pub struct Stream {
     metrics: StreamMetrics,
     /// Where `[streams.NAME.auth]` credentials come from, if it has them.
     credentials: Option<Credentials>,
+    /// `id_gap_check`, when on (boxed: most streams do not check).
+    ids: Option<Box<(IdChecker, IdCheckMetrics)>>,
 }
 
 impl Stream {
@@ -95,6 +98,12 @@ impl Stream {
             .map_err(|e| e.to_string())?;
         let mut parser = Parser::new(config.limits);
         parser.set_last_event_id(last_event_id);
+        let ids = (config.id_gap_check != IdGapCheck::Off).then(|| {
+            Box::new((
+                IdChecker::new(config.id_gap_check, last_event_id),
+                metrics.id_checks(),
+            ))
+        });
         let backoff = Backoff::new(config.backoff_initial, config.backoff_max, config.retry_max);
         if config.tls_insecure {
             tracing::warn!(
@@ -111,6 +120,7 @@ impl Stream {
             backoff,
             metrics,
             credentials,
+            ids,
         })
     }
 
@@ -276,19 +286,36 @@ impl Stream {
             None => None,
         };
         let mut url = http::without_user_info(&config.url);
+        if let Some(parameter) = &config.last_event_id_query {
+            set_query(&mut url, parameter, self.parser.last_event_id());
+        }
         let mut chain = redirect::Chain::new(
             &config.url,
             config.allow_insecure_redirects,
             config.max_redirects,
         );
         let mut credentials = true;
+        let mut method = config.method.clone();
+        let mut body = config.body.clone();
         loop {
             let mut headers =
                 client::request_headers(config, self.parser.last_event_id(), credentials);
             if let (true, Some(authorization)) = (credentials, &authorization) {
                 headers.insert(reqwest::header::AUTHORIZATION, authorization.clone());
             }
-            let answer = if wire::eligible(&url, config.http2) {
+            if config.body.is_some() && body.is_none() {
+                // A POST turned into a GET by a redirect: its body's headers go too.
+                for name in [
+                    reqwest::header::CONTENT_TYPE,
+                    reqwest::header::CONTENT_ENCODING,
+                    reqwest::header::CONTENT_LANGUAGE,
+                    reqwest::header::CONTENT_LOCATION,
+                ] {
+                    headers.remove(name);
+                }
+            }
+            // The lean client sends GETs; anything with a body goes through reqwest.
+            let answer = if method == reqwest::Method::GET && wire::eligible(&url, config.http2) {
                 let response = wire::open(&url, &headers, config.connect_timeout)
                     .await
                     .map_err(|e| {
@@ -301,16 +328,17 @@ impl Stream {
                     source: Source::Lean(response.body),
                 }
             } else {
-                let response = self
+                let mut request = self
                     .client
-                    .get(url.clone())
-                    .headers(headers)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        let (kind, reason) = describe_error(&e);
-                        retry(kind, reason)
-                    })?;
+                    .request(method.clone(), url.clone())
+                    .headers(headers);
+                if let Some(body) = &body {
+                    request = request.body(body.clone());
+                }
+                let response = request.send().await.map_err(|e| {
+                    let (kind, reason) = describe_error(&e);
+                    retry(kind, reason)
+                })?;
                 Answer {
                     status: response.status(),
                     headers: response.headers().clone(),
@@ -337,6 +365,11 @@ impl Stream {
                 }
             );
             credentials = hop.credentials;
+            let (next_method, keeps_body) = redirect::method_after(&method, answer.status);
+            if !keeps_body {
+                body = None;
+            }
+            method = next_method;
             url = next;
         }
     }
@@ -403,9 +436,15 @@ impl Stream {
             let mut body_bytes = 0;
             let stream = self.router.stream();
             let parser = &mut self.parser;
+            let ids = &mut self.ids;
             let mut emit = |bytes: &[u8]| {
                 body_bytes += bytes.len();
                 parser.feed_ref(bytes, &mut |event| {
+                    if let Some(ids) = ids.as_deref_mut() {
+                        if let Some(finding) = ids.0.check(event.id) {
+                            report_id(stream, ids.0.mode(), finding, &ids.1);
+                        }
+                    }
                     records
                         .get_or_insert_with(|| {
                             // Room for the rest of the bytes and this event,
@@ -611,4 +650,84 @@ fn describe_error(error: &reqwest::Error) -> (&'static str, String) {
         source = cause.source();
     }
     (kind, text)
+}
+
+/// Sets query parameter `name` of `url` to `value`, replacing any already
+/// there; the other parameters stay byte for byte as written. The value is
+/// percent-encoded. An empty value (no last event id yet) leaves the URL as
+/// it is.
+fn set_query(url: &mut Url, name: &str, value: &str) {
+    if value.is_empty() {
+        return;
+    }
+    let encode =
+        |text: &str| -> String { url::form_urlencoded::byte_serialize(text.as_bytes()).collect() };
+    let mut query: Vec<String> = url
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| {
+            let key = pair.split('=').next().unwrap_or_default();
+            let decoded: String = url::form_urlencoded::parse(key.as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default();
+            decoded != name
+        })
+        .map(str::to_owned)
+        .collect();
+    query.push(format!("{}={}", encode(name), encode(value)));
+    url.set_query(Some(&query.join("&")));
+}
+
+/// Logs and counts what `id_gap_check` found in an event's id.
+fn report_id(stream: &str, mode: IdGapCheck, finding: Finding, metrics: &IdCheckMetrics) {
+    match finding {
+        Finding::InOrder => {}
+        Finding::Gap {
+            expected,
+            received,
+            missing,
+        } => {
+            metrics.gaps.inc();
+            metrics.missing.inc_by(missing);
+            tracing::warn!(
+                stream = %stream,
+                "id gap: expected id {expected}, received {received}: {missing} id(s) missing; the server sent no events for them (its replay buffer may be too short)"
+            );
+        }
+        Finding::Regression { previous, received } => {
+            metrics.regressions.inc();
+            tracing::warn!(
+                stream = %stream,
+                "id regression: id {received} after {previous} (id_gap_check = \"{}\"); the server may be replaying from an older id",
+                mode.name()
+            );
+        }
+        Finding::Unparsable => {
+            metrics.unparsable.inc();
+            tracing::debug!(stream = %stream, "an event id is not an integer; id_gap_check skips it");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resume_parameter_replaces_its_namesake_and_keeps_the_rest() {
+        let mut url = Url::parse("http://h/e?topic=a%20b&lastEventID=3&x=1+2").unwrap();
+        set_query(&mut url, "lastEventID", "urn:uuid:7&8");
+        assert_eq!(
+            url.as_str(),
+            "http://h/e?topic=a%20b&x=1+2&lastEventID=urn%3Auuid%3A7%268"
+        );
+        let mut url = Url::parse("http://h/e").unwrap();
+        set_query(&mut url, "since", "");
+        assert_eq!(url.as_str(), "http://h/e");
+        set_query(&mut url, "since", "41");
+        assert_eq!(url.as_str(), "http://h/e?since=41");
+    }
 }

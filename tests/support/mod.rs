@@ -19,7 +19,10 @@ pub mod tls;
 /// A request as the server saw it.
 #[derive(Debug, Clone)]
 pub struct Request {
+    pub method: String,
     pub path: String,
+    /// The body, read by its `Content-Length` (empty without one).
+    pub body: Vec<u8>,
     /// Header names in lower case.
     pub headers: HashMap<String, String>,
     pub at: Instant,
@@ -189,30 +192,8 @@ async fn serve(
     seen: Arc<Mutex<Vec<Request>>>,
 ) -> std::io::Result<()> {
     socket.set_nodelay(true)?;
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = socket.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&head).into_owned();
-    let mut lines = text.split("\r\n");
-    let path = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .unwrap_or("/")
-        .to_owned();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let request = Request {
-        path,
-        headers,
-        at: Instant::now(),
+    let Some(request) = read_request(&mut socket).await else {
+        return Ok(());
     };
     let index = {
         let mut seen = seen.lock().unwrap();
@@ -429,25 +410,39 @@ where
 {
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+    let end = loop {
+        if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
         match socket.read(&mut buf).await {
             Ok(0) | Err(_) => return None,
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
-    }
+    };
+    let mut body = head.split_off(end);
     let text = String::from_utf8_lossy(&head).into_owned();
     let mut lines = text.split("\r\n");
-    let path = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .unwrap_or("/")
-        .to_owned();
-    let headers = lines
+    let request_line = lines.next().unwrap_or_default();
+    let method = request_line.split(' ').next().unwrap_or("GET").to_owned();
+    let path = request_line.split(' ').nth(1).unwrap_or("/").to_owned();
+    let headers: HashMap<String, String> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
+    let length: usize = headers
+        .get("content-length")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    while body.len() < length {
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+        }
+    }
     Some(Request {
+        method,
         path,
+        body,
         headers,
         at: Instant::now(),
     })
