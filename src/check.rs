@@ -23,6 +23,18 @@ pub fn summary(path: &Path, config: &Config) -> String {
         if let Some(auth) = &stream.auth {
             let _ = write!(out, "  auth: {}", auth.describe());
         }
+        if stream.method != reqwest::Method::GET {
+            let _ = write!(out, "  {}", stream.method);
+            if let Some(body) = &stream.body {
+                let _ = write!(out, " with a {}-byte body", body.len());
+            }
+        }
+        if let Some(parameter) = &stream.last_event_id_query {
+            let _ = write!(out, "  resume via ?{parameter}=");
+        }
+        if stream.id_gap_check != crate::gaps::IdGapCheck::Off {
+            let _ = write!(out, "  id_gap_check {}", stream.id_gap_check.name());
+        }
         let _ = writeln!(
             out,
             "  backoff {}..{}, idle_timeout {}",
@@ -113,4 +125,72 @@ pub fn summary(path: &Path, config: &Config) -> String {
         }
     }
     out
+}
+
+/// `check --connect`: one attempt to every stream's endpoint at once, each
+/// within `within`. The report, and whether every stream would run.
+pub async fn connect(config: &Config, within: std::time::Duration) -> (String, bool) {
+    let probes =
+        futures_util::future::join_all(config.streams.values().map(|stream| {
+            crate::stream::Stream::probe(std::sync::Arc::new(stream.clone()), within)
+        }))
+        .await;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nconnect (each stream once, within {}):",
+        humantime::format_duration(within)
+    );
+    let mut all_ok = true;
+    for probe in &probes {
+        all_ok &= probe.problem.is_none();
+        let _ = writeln!(out, "{}", probe_line(probe, within));
+    }
+    (out, all_ok)
+}
+
+/// One stream's line of the `--connect` report.
+fn probe_line(probe: &crate::stream::Probe, within: std::time::Duration) -> String {
+    let seconds = |d: std::time::Duration| format!("{:.3}s", d.as_secs_f64());
+    let mut line = format!(
+        "  {:<16} {:<6} {}",
+        probe.stream,
+        if probe.problem.is_none() {
+            "ok"
+        } else {
+            "FAILED"
+        },
+        probe.url
+    );
+    if let Some(status) = probe.status {
+        let _ = write!(line, "  HTTP {status}");
+    }
+    if let Some(content_type) = &probe.content_type {
+        let _ = write!(line, " {content_type}");
+    }
+    if let Some(after) = probe.response_after {
+        let _ = write!(line, "  response {}", seconds(after));
+    }
+    match (&probe.first_event_id, probe.first_event_after) {
+        (Some(id), Some(after)) => {
+            let _ = write!(line, "  first event {}", seconds(after));
+            if id.is_empty() {
+                line.push_str(" (no id)");
+            } else {
+                let _ = write!(line, " id {:?}", id);
+            }
+        }
+        _ if probe.problem.is_none() => {
+            let _ = write!(
+                line,
+                "  no event within {} (a quiet stream)",
+                humantime::format_duration(within)
+            );
+        }
+        _ => {}
+    }
+    if let Some(problem) = &probe.problem {
+        let _ = write!(line, "\n  {:<16} {problem}", "");
+    }
+    line
 }

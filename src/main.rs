@@ -44,6 +44,14 @@ enum Command {
     Check {
         #[arg(long, short, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// Then connect to every stream once (in parallel, auth included),
+        /// report the answer and the first event, and disconnect; no
+        /// checkpoint moves. Exits non-zero if any stream fails.
+        #[arg(long)]
+        connect: bool,
+        /// How long each stream's --connect attempt may take.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        connect_timeout: Duration,
     },
     /// Subscribe to one URL and print its events to stdout (no config needed).
     Tail {
@@ -117,13 +125,26 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         match cli.command {
             Command::Run { config } => run(config).await,
-            Command::Check { config } => match load_prepared(&config, Mode::Start) {
+            Command::Check {
+                config,
+                connect,
+                connect_timeout,
+            } => match load_prepared(&config, Mode::Start) {
                 Ok(loaded) => {
                     use std::io::Write;
                     // Not print!: a closed stdout (`check | head`) must not panic.
-                    let _ =
-                        std::io::stdout().write_all(check::summary(&config, &loaded).as_bytes());
-                    ExitCode::SUCCESS
+                    let mut stdout = std::io::stdout();
+                    let _ = stdout.write_all(check::summary(&config, &loaded).as_bytes());
+                    if !connect {
+                        return ExitCode::SUCCESS;
+                    }
+                    let (report, all_ok) = check::connect(&loaded, connect_timeout).await;
+                    let _ = stdout.write_all(report.as_bytes());
+                    if all_ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        fail("error: some streams failed to connect (see above)".to_owned())
+                    }
                 }
                 Err(e) => fail(e),
             },

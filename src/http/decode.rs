@@ -58,7 +58,9 @@ impl Coding {
             for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                 named.push(part.to_owned());
                 let coding = match part.to_ascii_lowercase().as_str() {
-                    "identity" => continue,
+                    // `none` is no registered coding, but servers send it
+                    // to mean identity (graphql-sse's reference server does).
+                    "identity" | "none" => continue,
                     "gzip" | "x-gzip" => Coding::Gzip,
                     "deflate" => Coding::Deflate,
                     _ => return Err(Unsupported(named.join(", "))),
@@ -441,6 +443,10 @@ mod tests {
         assert_eq!(Coding::of(&h), Ok(Coding::Deflate));
         h.insert(CONTENT_ENCODING, "identity".parse().unwrap());
         assert_eq!(Coding::of(&h), Ok(Coding::Identity));
+        h.insert(CONTENT_ENCODING, "None".parse().unwrap());
+        assert_eq!(Coding::of(&h), Ok(Coding::Identity));
+        h.insert(CONTENT_ENCODING, "none, gzip".parse().unwrap());
+        assert_eq!(Coding::of(&h), Ok(Coding::Gzip));
         h.insert(CONTENT_ENCODING, "br".parse().unwrap());
         assert_eq!(Coding::of(&h), Err(Unsupported("br".into())));
         h.insert(CONTENT_ENCODING, "gzip, deflate".parse().unwrap());

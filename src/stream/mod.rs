@@ -15,6 +15,8 @@
 //! reconnects.
 
 mod client;
+mod probe;
+pub use probe::Probe;
 pub mod wire;
 
 use std::cell::RefCell;
