@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::OutputWithin;
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -39,8 +41,7 @@ fn check_summarises_without_showing_secrets() {
         .args(["check", "--config"])
         .arg(&path)
         .env("CLI_TEST_TOKEN", "t0psecret")
-        .output()
-        .unwrap();
+        .output_within(Duration::from_secs(30));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -65,8 +66,7 @@ fn check_rejects_a_bad_config_with_file_line_and_key() {
         .args(["check", "--config"])
         .arg(&path)
         .env("CLI_TEST_TOKEN", "x")
-        .output()
-        .unwrap();
+        .output_within(Duration::from_secs(30));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown key `bogus_key`"), "{stderr}");
@@ -83,8 +83,7 @@ fn check_names_an_unset_variable() {
         .args(["check", "--config"])
         .arg(&path)
         .env_remove("CLI_TEST_TOKEN")
-        .output()
-        .unwrap();
+        .output_within(Duration::from_secs(30));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -97,8 +96,7 @@ fn check_names_an_unset_variable() {
 fn a_missing_config_file_is_a_clear_error() {
     let out = sse_relay()
         .args(["run", "--config", "/nonexistent/sse-relay.toml"])
-        .output()
-        .unwrap();
+        .output_within(Duration::from_secs(30));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -122,8 +120,7 @@ async fn tail_prints_records_and_data() {
     let out = tokio::task::spawn_blocking(move || {
         sse_relay()
             .args(["tail", &url, "-H", "X-Api-Key: k", "--last-event-id", "41"])
-            .output()
-            .unwrap()
+            .output_within(Duration::from_secs(30))
     })
     .await
     .unwrap();
@@ -152,8 +149,7 @@ async fn tail_prints_records_and_data() {
     let out = tokio::task::spawn_blocking(move || {
         sse_relay()
             .args(["tail", &url, "--format", "data"])
-            .output()
-            .unwrap()
+            .output_within(Duration::from_secs(30))
     })
     .await
     .unwrap();

@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::OutputWithin;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -402,8 +404,7 @@ async fn a_corrupt_checkpoint_stops_start_up_with_the_way_out() {
     let out = Command::new(env!("CARGO_BIN_EXE_sse-relay"))
         .args(["run", "--config"])
         .arg(&config)
-        .output()
-        .unwrap();
+        .output_within(Duration::from_secs(30));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -8,6 +8,8 @@
 
 mod support;
 
+use support::OutputWithin;
+
 use std::io::Write as _;
 
 use std::process::Command;
@@ -1025,8 +1027,7 @@ fn a_config_error_inside_an_escaped_string_is_located_without_panicking() {
         .args(["check", "--config"])
         .arg(&config)
         .env_remove("NOPE")
-        .output()
-        .unwrap();
+        .output_within(Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_no_panic(&stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");

@@ -705,3 +705,16 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
+
+/// `Command::output()` with a deadline: see [`output_within`].
+pub trait OutputWithin {
+    /// Runs to the end and collects the output, failing the test (after
+    /// killing the process) if that takes longer than `within`.
+    fn output_within(&mut self, within: Duration) -> std::process::Output;
+}
+
+impl OutputWithin for std::process::Command {
+    fn output_within(&mut self, within: Duration) -> std::process::Output {
+        output_within(self, within)
+    }
+}
