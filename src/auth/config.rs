@@ -240,20 +240,35 @@ impl RawAuth {
     }
 }
 
-/// Refuses `auth` beside an `Authorization` header: both would set it.
-pub fn check_no_authorization_header(
+/// Validates the `auth` table of a stream or webhook sink whose other keys
+/// gave `url` and `headers`; refuses it beside an `Authorization` header or
+/// user info in the URL (each would set the same header).
+pub fn validate_auth(
     v: &Validator,
-    auth_span: Range<usize>,
+    auth: &Option<Spanned<RawAuth>>,
+    url: &reqwest::Url,
     headers: &reqwest::header::HeaderMap,
-) -> Result<(), ConfigError> {
+) -> Result<Option<AuthConfig>, ConfigError> {
+    let Some(auth) = auth else {
+        return Ok(None);
+    };
     if headers.contains_key(reqwest::header::AUTHORIZATION) {
         return Err(v
             .error(
-                auth_span,
+                auth.span(),
                 "`auth` and an `Authorization` header both set the Authorization header",
             )
             .with_key("auth")
             .with_help("remove the Authorization header from `headers`; `auth` sends it"));
     }
-    Ok(())
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(v
+            .error(
+                auth.span(),
+                "`auth` and user info in `url` both set the Authorization header",
+            )
+            .with_key("auth")
+            .with_help("remove the user info from `url`; `auth` sends the credentials"));
+    }
+    auth.get_ref().validate(v, auth.span()).map(Some)
 }

@@ -25,7 +25,7 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::auth::config::check_no_authorization_header;
+use crate::auth::config::validate_auth;
 use crate::auth::{AuthConfig, RawAuth};
 use crate::gaps::IdGapCheck;
 use crate::nats::config::RawConnection;
@@ -379,22 +379,7 @@ fn stream_table(
     v.check_name("stream", name, span.clone())?;
     let url = v.http_url(&raw.url)?;
     let headers = v.headers(&raw.headers)?;
-    let auth = match &raw.auth {
-        None => None,
-        Some(auth) => {
-            check_no_authorization_header(v, auth.span(), &headers)?;
-            if !url.username().is_empty() || url.password().is_some() {
-                return Err(v
-                    .error(
-                        auth.span(),
-                        "`auth` and user info in `url` both set the Authorization header",
-                    )
-                    .with_key("auth")
-                    .with_help("remove the user info from `url`; `auth` sends the credentials"));
-            }
-            Some(auth.get_ref().validate(v, auth.span())?)
-        }
-    };
+    let auth = validate_auth(v, &raw.auth, &url, &headers)?;
     let (method, body) = method_and_body(v, span.clone(), &raw)?;
     let last_event_id_query = match &raw.last_event_id_query {
         None => None,

@@ -112,3 +112,14 @@ pub fn read_table<T: SinkType>(
     let span = table.span();
     Ok((span, v.table(table)?))
 }
+
+/// [`SinkType::check_encoding`] for sinks that write one record a line
+/// (stdout, files): `json` or `data`.
+pub fn line_encodings(encoding: Encoding) -> Result<(), &'static str> {
+    match encoding {
+        Encoding::Ndjson => {
+            Err("\"json\" already writes one JSON record a line; \"data\" writes the data alone")
+        }
+        Encoding::Json | Encoding::Data => Ok(()),
+    }
+}

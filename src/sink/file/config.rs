@@ -14,7 +14,7 @@ use toml::Spanned;
 use super::{torn_tail, FileSink};
 use crate::preflight::Findings;
 use crate::record::Encoding;
-use crate::sink::sink_type::{read_table, SinkType, Start, StartError};
+use crate::sink::sink_type::{line_encodings, read_table, SinkType, Start, StartError};
 use crate::validate::{nonzero_duration, ConfigError, Validator};
 
 /// A file sink's settings.
@@ -80,12 +80,7 @@ impl SinkType for FileSinkConfig {
     }
 
     fn check_encoding(encoding: Encoding) -> Result<(), &'static str> {
-        match encoding {
-            Encoding::Ndjson => Err(
-                "\"json\" already writes one JSON record a line; \"data\" writes the data alone",
-            ),
-            Encoding::Json | Encoding::Data => Ok(()),
-        }
+        line_encodings(encoding)
     }
 
     fn describe(&self, _: Encoding) -> String {

@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::StdoutSink;
 use crate::record::Encoding;
-use crate::sink::sink_type::{read_table, SinkType, Start, StartError};
+use crate::sink::sink_type::{line_encodings, read_table, SinkType, Start, StartError};
 use crate::validate::{ConfigError, Validator};
 
 /// A stdout sink's settings: there are none beyond the common keys.
@@ -31,12 +31,7 @@ impl SinkType for StdoutConfig {
     }
 
     fn check_encoding(encoding: Encoding) -> Result<(), &'static str> {
-        match encoding {
-            Encoding::Ndjson => Err(
-                "\"json\" already writes one JSON record a line; \"data\" writes the data alone",
-            ),
-            Encoding::Json | Encoding::Data => Ok(()),
-        }
+        line_encodings(encoding)
     }
 
     fn describe(&self, _: Encoding) -> String {

@@ -15,7 +15,7 @@ use toml::de::DeTable;
 use toml::Spanned;
 
 use super::{dead_letter_torn_tail, WebhookSink};
-use crate::auth::config::check_no_authorization_header;
+use crate::auth::config::validate_auth;
 use crate::auth::{AuthConfig, RawAuth};
 use crate::http::redact::url_has_credentials;
 use crate::http::redact_url;
@@ -155,24 +155,7 @@ impl SinkType for WebhookConfig {
             .retry_max
             .as_ref()
             .map_or(Duration::from_secs(3600), |r| *r.get_ref());
-        let auth = match &raw.auth {
-            None => None,
-            Some(auth) => {
-                check_no_authorization_header(v, auth.span(), &headers)?;
-                if !url.username().is_empty() || url.password().is_some() {
-                    return Err(v
-                        .error(
-                            auth.span(),
-                            "`auth` and user info in `url` both set the Authorization header",
-                        )
-                        .with_key("auth")
-                        .with_help(
-                            "remove the user info from `url`; `auth` sends the credentials",
-                        ));
-                }
-                Some(auth.get_ref().validate(v, auth.span())?)
-            }
-        };
+        let auth = validate_auth(v, &raw.auth, &url, &headers)?;
         Ok(WebhookConfig {
             auth,
             url,
