@@ -210,4 +210,39 @@ mod tests {
             "nothing in flight: the newest id"
         );
     }
+
+    #[test]
+    fn an_id_only_block_moves_the_checkpoint_once_the_sinks_caught_up() {
+        let tracker = AckTracker::new(1, "0");
+        let one_id = id("1");
+        let seq = one(&tracker, &one_id, &[0]);
+        assert_eq!(seq, 1);
+        // `id: 2` with no data: no event, but a new resume point.
+        tracker.observe_id("2");
+        assert_eq!(&*tracker.checkpoint(), "0", "event 1 is still in flight");
+        assert!(tracker.has_in_flight());
+        tracker.acknowledge(0, seq, &one_id);
+        assert!(!tracker.has_in_flight());
+        assert_eq!(&*tracker.checkpoint(), "2");
+        // The id-only block took a sequence number: the next event is after it.
+        let three = id("3");
+        assert_eq!(one(&tracker, &three, &[0]), 3);
+        assert_eq!(
+            &*tracker.checkpoint(),
+            "1",
+            "event 3 in flight: the last acknowledged"
+        );
+        tracker.acknowledge(0, 3, &three);
+        assert_eq!(&*tracker.checkpoint(), "3");
+    }
+
+    #[test]
+    fn observing_the_same_id_again_changes_nothing() {
+        let tracker = AckTracker::new(1, "5");
+        tracker.observe_id("5");
+        assert_eq!(one(&tracker, &id("6"), &[0]), 1, "no sequence number taken");
+        tracker.observe_id("6");
+        assert_eq!(one(&tracker, &id("7"), &[0]), 2);
+        assert_eq!(tracker.in_flight(0), 2);
+    }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use sse_relay::config::Config;
 use sse_relay::supervisor::{self, Checkpoints, Shutdown};
+use support::relay::Relay;
 use support::{numbered, split_cycling, Ending, Reply, TestServer};
 
 fn config(source: &str) -> Config {
@@ -390,4 +391,25 @@ fn give_up_settings_are_validated() {
         assert_eq!(err.key.as_deref(), Some(key), "{err}");
         assert_eq!(err.position.map(|p| p.0), Some(3), "{err}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_only_block_moves_the_saved_checkpoint_after_sigterm() {
+    // Event 1, then a block with an id and no data: no event, a new resume point.
+    let server = TestServer::start(|_, _| {
+        Reply::events(["id: 1\ndata: one\n\n", "id: 2\n\n"])
+            .pause(Duration::from_millis(20))
+            .ending(Ending::Hold(Duration::from_secs(30)))
+    })
+    .await;
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start_in(state.path(), &server.url("/"), "");
+    support::wait_for_records(&relay.out(), 1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.stop().await;
+    let checkpoint =
+        std::fs::read_to_string(state.path().join("checkpoints/s.json")).expect("a checkpoint");
+    let saved: serde_json::Value = serde_json::from_str(&checkpoint).unwrap();
+    assert_eq!(saved["last_event_id"], "2", "{checkpoint}");
+    assert_eq!(relay.ids(), vec!["1"]);
 }
