@@ -413,3 +413,28 @@ async fn a_corrupt_checkpoint_stops_start_up_with_the_way_out() {
     );
     assert!(stderr.contains("delete it"), "{stderr}");
 }
+
+#[tokio::test]
+async fn an_unreadable_checkpoint_stops_start_up_naming_it_instead_of_starting_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!("data_dir = \"{d}/state\"\n[streams.s]\nurl = \"http://127.0.0.1:9/\"\n"),
+    )
+    .unwrap();
+    // A directory where the checkpoint file belongs: it exists, and cannot
+    // be read; starting from scratch would replay or skip the stream.
+    std::fs::create_dir_all(dir.path().join("state/checkpoints/s.json")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sse-relay"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output_within(Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("checkpoints/s.json") && stderr.contains("cannot be read"),
+        "{stderr}"
+    );
+}
