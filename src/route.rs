@@ -277,4 +277,54 @@ mod tests {
         // Never marked as routed: nothing in flight holds the checkpoint.
         assert!(!tracker.has_in_flight());
     }
+
+    #[tokio::test]
+    async fn the_byte_budget_holds_each_records_text_and_overhead_exactly() {
+        let budget = Budget::new(1 << 20, 100);
+        let (all, mut rx) = route("all", None, WhenFull::Block, budget.clone(), 10);
+        let tracker = Arc::new(AckTracker::new(1, ""));
+        let mut router = Router::new(Arc::from("s"), vec![all], tracker);
+        router.route(records(&["edit", "talk", "m"])).await.unwrap();
+        let delivery = rx.recv().await.unwrap();
+        let expected: usize = delivery
+            .text_lens()
+            .map(|len| len + crate::sink::queue::OVERHEAD)
+            .sum();
+        assert!(
+            delivery.text_lens().all(|len| len >= 10),
+            "each holds its data"
+        );
+        assert_eq!((1 << 20) - budget.free_bytes(), expected);
+        assert_eq!(budget.free_slots(), 97);
+        drop(delivery);
+        assert_eq!(budget.free_bytes(), 1 << 20);
+        assert_eq!(budget.free_slots(), 100);
+    }
+
+    #[tokio::test]
+    async fn a_small_byte_budget_splits_deliveries_and_keeps_their_order() {
+        let one = records(&["m"]);
+        let per_record = one.text_len(0) + crate::sink::queue::OVERHEAD;
+        // Room for two records' bytes, for ten by count.
+        let budget = Budget::new(2 * per_record, 10);
+        let (blocking, mut rx) = route("b", None, WhenFull::Block, budget, 10);
+        let tracker = Arc::new(AckTracker::new(1, ""));
+        let mut router = Router::new(Arc::from("s"), vec![blocking], tracker);
+        let routing = tokio::spawn(async move {
+            router.route(records(&["m"; 7])).await.unwrap();
+        });
+        let mut seen = Vec::new();
+        while seen.len() < 7 {
+            let delivery = rx.recv().await.unwrap();
+            assert!(
+                delivery.len() <= 2,
+                "{} records in one delivery",
+                delivery.len()
+            );
+            seen.extend(ids(&delivery));
+            // Dropping the delivery gives its bytes back for the rest.
+        }
+        routing.await.unwrap();
+        assert_eq!(seen, ["1", "2", "3", "4", "5", "6", "7"]);
+    }
 }

@@ -29,7 +29,7 @@ pub const DEFAULT_QUEUE_BYTES: usize = 2 << 20;
 
 /// What one record counts against a budget besides its text: its place in
 /// [`Records`] and its share of the delivery, roughly.
-const OVERHEAD: usize = 64;
+pub(crate) const OVERHEAD: usize = 64;
 
 /// A sink's queue bounds, shared by every stream routed to it.
 #[derive(Debug)]
