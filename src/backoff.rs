@@ -99,12 +99,15 @@ mod tests {
     #[test]
     fn grows_within_bounds_and_resets() {
         let mut b = Backoff::new(ms(100), ms(1000), ms(60_000));
+        assert_eq!(b.attempt(), 0);
         for attempt in 1..=10u32 {
             let d = b.next_delay(None);
+            assert_eq!(b.attempt(), attempt, "the log's attempt number");
             let ceiling = (100u64 << attempt).min(1000);
             assert!(d >= ms(100) && d <= ms(ceiling), "attempt {attempt}: {d:?}");
         }
         b.reset();
+        assert_eq!(b.attempt(), 0);
         assert!(b.next_delay(None) <= ms(200));
     }
 
