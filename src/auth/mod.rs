@@ -104,7 +104,7 @@ impl Credentials {
         config: &AuthConfig,
         ca_file: Option<&Path>,
         tls_insecure: bool,
-    ) -> Result<Credentials, crate::http::TlsError> {
+    ) -> Result<Credentials, crate::http::ClientError> {
         Ok(match config {
             AuthConfig::BearerFile { path } => Credentials::BearerFile(path.clone()),
             AuthConfig::OAuth2(oauth) => {

@@ -16,7 +16,7 @@ use reqwest::header::{self, HeaderValue};
 use serde::Deserialize;
 
 use super::{bearer, AuthError, ClientAuth, OAuth2Config};
-use crate::http::{basic_auth_pair, redact_url, with_tls, TlsError};
+use crate::http::{basic_auth_pair, redact_url, with_tls, ClientError, TlsError};
 
 /// How long a token request may take, from connecting to the last byte.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -59,7 +59,7 @@ impl TokenSource {
         settings: &OAuth2Config,
         ca_file: Option<&Path>,
         tls_insecure: bool,
-    ) -> Result<Arc<TokenSource>, TlsError> {
+    ) -> Result<Arc<TokenSource>, ClientError> {
         let ca_pem = match ca_file {
             Some(path) => {
                 Some(
@@ -93,10 +93,7 @@ impl TokenSource {
             .redirect(reqwest::redirect::Policy::none());
         let client = with_tls(builder, ca_file, tls_insecure)?
             .build()
-            .map_err(|e| TlsError::CaFileHasNoCertificate {
-                path: ca_file.map(Path::to_owned).unwrap_or_default(),
-                reason: e.to_string(),
-            })?;
+            .map_err(ClientError::Build)?;
         let source = Arc::new(TokenSource {
             url_for_logs: redact_url(&settings.token_url),
             settings: settings.clone(),

@@ -58,6 +58,41 @@ impl std::error::Error for TlsError {
     }
 }
 
+/// Why an HTTP client (a stream's, a webhook's, a token endpoint's) could
+/// not be built. Fixed in the configuration or the files it names, not by
+/// retrying.
+#[derive(Debug)]
+pub enum ClientError {
+    /// Its `ca_file` is unusable.
+    Tls(TlsError),
+    /// The HTTP client library refused the settings.
+    Build(reqwest::Error),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Tls(e) => e.fmt(f),
+            ClientError::Build(e) => write!(f, "cannot build the HTTP client: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Tls(e) => Some(e),
+            ClientError::Build(e) => Some(e),
+        }
+    }
+}
+
+impl From<TlsError> for ClientError {
+    fn from(e: TlsError) -> Self {
+        ClientError::Tls(e)
+    }
+}
+
 /// Reads `ca_file` and parses the certificates in it.
 pub fn read_ca_file(ca_file: &Path) -> Result<Vec<reqwest::Certificate>, TlsError> {
     let pem = std::fs::read(ca_file).map_err(|source| TlsError::CaFileUnreadable {

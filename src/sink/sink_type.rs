@@ -12,7 +12,6 @@ use toml::de::DeTable;
 use toml::Spanned;
 
 use super::Sink;
-use crate::http::TlsError;
 use crate::preflight::Findings;
 use crate::record::Encoding;
 use crate::shutdown::Shutdown;
@@ -70,39 +69,9 @@ pub struct Start<'a> {
     pub stop_when_closed: Option<Shutdown>,
 }
 
-/// Why a sink could not be built. Fixed in the configuration (or the files
-/// it names), not by retrying.
-#[derive(Debug)]
-pub enum StartError {
-    /// Its `ca_file` is unusable.
-    Tls(TlsError),
-    /// The HTTP client library refused the settings.
-    HttpClient(reqwest::Error),
-}
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StartError::Tls(e) => e.fmt(f),
-            StartError::HttpClient(e) => write!(f, "cannot build the HTTP client: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for StartError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            StartError::Tls(e) => Some(e),
-            StartError::HttpClient(e) => Some(e),
-        }
-    }
-}
-
-impl From<TlsError> for StartError {
-    fn from(e: TlsError) -> Self {
-        StartError::Tls(e)
-    }
-}
+/// Why a sink could not be built: today, only its HTTP client can fail
+/// (see [`crate::http::ClientError`]).
+pub type StartError = crate::http::ClientError;
 
 /// Reads `table` as `T`'s raw keys, returning the table's span with them.
 pub fn read_table<T: SinkType>(

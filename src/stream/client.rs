@@ -8,7 +8,7 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::Client;
 
 use crate::config::StreamConfig;
-use crate::http::{basic_auth, decode, with_tls};
+use crate::http::{basic_auth, decode, with_tls, ClientError, TlsError};
 
 /// The client a stream uses. Streams speak HTTP/1.1 unless `http2 = true`, so
 /// streams to one host never queue behind each other on a shared HTTP/2
@@ -18,7 +18,7 @@ use crate::http::{basic_auth, decode, with_tls};
 /// client holds its own TLS root store and pool (over 100 KiB), and HTTP/1.1
 /// never puts two requests on one connection, so sharing changes nothing on
 /// the wire. A stream with `http2 = true` always gets its own.
-pub fn build_client(config: &StreamConfig) -> Result<Client, String> {
+pub fn build_client(config: &StreamConfig) -> Result<Client, ClientError> {
     if config.http2 {
         return new_client(config);
     }
@@ -26,8 +26,10 @@ pub fn build_client(config: &StreamConfig) -> Result<Client, String> {
         // The contents, not the path: a reload after the file changed must
         // not keep trusting the old CA.
         Some(path) => Some(
-            std::fs::read(path)
-                .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?,
+            std::fs::read(path).map_err(|source| TlsError::CaFileUnreadable {
+                path: path.clone(),
+                source,
+            })?,
         ),
         None => None,
     };
@@ -57,7 +59,7 @@ struct ClientKey {
     tls_insecure: bool,
 }
 
-fn new_client(config: &StreamConfig) -> Result<Client, String> {
+fn new_client(config: &StreamConfig) -> Result<Client, ClientError> {
     let mut builder = Client::builder()
         .user_agent(concat!("sse-relay/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(config.connect_timeout)
@@ -70,10 +72,9 @@ fn new_client(config: &StreamConfig) -> Result<Client, String> {
     if !config.http2 {
         builder = builder.http1_only();
     }
-    with_tls(builder, config.ca_file.as_deref(), config.tls_insecure)
-        .map_err(|e| e.to_string())?
+    with_tls(builder, config.ca_file.as_deref(), config.tls_insecure)?
         .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+        .map_err(ClientError::Build)
 }
 
 /// The request headers for one request of an attempt. `credentials` says

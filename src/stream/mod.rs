@@ -32,7 +32,7 @@ use crate::auth::Credentials;
 use crate::backoff::Backoff;
 use crate::config::StreamConfig;
 use crate::gaps::{Finding, IdChecker, IdGapCheck};
-use crate::http::{self, decode, redirect};
+use crate::http::{self, decode, redirect, ClientError};
 use crate::metrics::{unix_now, Connection, IdCheckMetrics, StreamMetrics};
 use crate::record::Records;
 use crate::route::Router;
@@ -90,14 +90,13 @@ impl Stream {
         router: Router,
         last_event_id: &str,
         metrics: StreamMetrics,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ClientError> {
         let client = client::build_client(&config)?;
         let credentials = config
             .auth
             .as_ref()
             .map(|auth| Credentials::new(auth, config.ca_file.as_deref(), config.tls_insecure))
-            .transpose()
-            .map_err(|e| e.to_string())?;
+            .transpose()?;
         let mut parser = Parser::new(config.limits);
         parser.set_last_event_id(last_event_id);
         let ids = (config.id_gap_check != IdGapCheck::Off).then(|| {

@@ -52,7 +52,7 @@ impl Stream {
         let mut stream = match Stream::new(config, router, &start_id, metrics) {
             Ok(stream) => stream,
             Err(problem) => {
-                probe.problem = Some(problem);
+                probe.problem = Some(problem.to_string());
                 return probe;
             }
         };

@@ -48,6 +48,7 @@ use crate::ack::AckTracker;
 use crate::checkpoint::{CheckpointBackend, CheckpointError, CheckpointStore, Tracked};
 use crate::cluster::Cluster;
 use crate::config::{CheckpointBackendConfig, Config, StreamConfig};
+use crate::http::ClientError;
 use crate::metrics::{Metrics, Stage};
 use crate::notify;
 use crate::route::{Route, Router};
@@ -65,7 +66,7 @@ pub enum RunError {
     Checkpoint(CheckpointError),
     Stream {
         stream: String,
-        problem: String,
+        problem: ClientError,
     },
     Sink {
         sink: String,

@@ -121,7 +121,7 @@ impl WebhookSink {
             .pool_max_idle_per_host(1);
         let client = with_tls(builder, config.ca_file.as_deref(), config.tls_insecure)?
             .build()
-            .map_err(StartError::HttpClient)?;
+            .map_err(StartError::Build)?;
         let shown_url = redact_url(&config.url);
         if config.tls_insecure {
             tracing::warn!(
