@@ -83,4 +83,18 @@ mod tests {
         );
         assert!(text.contains("delete it"), "{text}");
     }
+
+    #[test]
+    fn a_checkpoint_that_cannot_be_read_is_an_error_not_a_fresh_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path()).unwrap();
+        std::fs::create_dir(store.path("wiki")).unwrap();
+        let err = store.load("wiki").unwrap_err();
+        assert!(err.to_string().contains("cannot be read"), "{err}");
+        assert_eq!(
+            store.load("other").unwrap(),
+            None,
+            "a missing one is a fresh start"
+        );
+    }
 }

@@ -189,3 +189,66 @@ impl Tracked {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ack::AckTracker;
+    use std::path::Path;
+
+    fn tracked(tracker: &Arc<AckTracker>) -> Tracked {
+        Tracked {
+            stream: "s".to_owned(),
+            tracker: tracker.clone(),
+            saved: Arc::from(""),
+            saved_at: Default::default(),
+            save_errors: Default::default(),
+            failing: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_moved_checkpoint_is_saved_once_and_loads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointBackend::Local(CheckpointStore::open(dir.path()).unwrap());
+        assert_eq!(store.load("s").await.unwrap(), None);
+        let tracker = Arc::new(AckTracker::new(1, ""));
+        let mut entry = tracked(&tracker);
+        let seq = tracker.dispatched_many(1, "41", &[(0, 0)]);
+        entry.flush(&store);
+        assert_eq!(store.load("s").await.unwrap(), None, "not acknowledged yet");
+        tracker.acknowledge(0, seq, "41");
+        entry.flush(&store);
+        assert_eq!(store.load("s").await.unwrap().as_deref(), Some("41"));
+        assert_eq!(&*entry.saved, "41");
+        assert!(entry.saved_at.get() > 0.0);
+        // Unchanged: not written again (the file's removal shows it).
+        let path = store.describe("s");
+        assert!(path.ends_with("checkpoints/s.json"), "{path}");
+        std::fs::remove_file(&path).unwrap();
+        entry.flush(&store);
+        assert!(
+            !Path::new(&path).exists(),
+            "an unchanged checkpoint is not rewritten"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_save_is_counted_and_flagged_until_one_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointBackend::Local(CheckpointStore::open(dir.path()).unwrap());
+        let tracker = Arc::new(AckTracker::new(0, ""));
+        tracker.dispatched_many(1, "7", &[]);
+        let mut entry = tracked(&tracker);
+        // A directory where the file goes: the rename into place fails.
+        std::fs::create_dir_all(dir.path().join("checkpoints/s.json/x")).unwrap();
+        entry.flush(&store);
+        assert_eq!(entry.save_errors.get(), 1);
+        assert!(entry.failing.load(std::sync::atomic::Ordering::Relaxed));
+        assert_eq!(&*entry.saved, "", "nothing saved");
+        std::fs::remove_dir_all(dir.path().join("checkpoints/s.json")).unwrap();
+        entry.flush(&store);
+        assert!(!entry.failing.load(std::sync::atomic::Ordering::Relaxed));
+        assert_eq!(store.load("s").await.unwrap().as_deref(), Some("7"));
+    }
+}
