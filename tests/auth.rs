@@ -84,20 +84,36 @@ fn assert_no_secret(log: &str, secrets: &[&str]) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_file_rotated_before_the_server_switches_is_used_at_the_next_connection() {
-    let accepted = Arc::new(Mutex::new("Bearer old-token-1111".to_owned()));
+/// A vendor that accepts `Bearer <token>` (the token can be changed through
+/// the returned lock), and a token file holding `token`.
+async fn rotating_vendor(
+    token: &str,
+    total: u64,
+) -> (
+    Arc<Mutex<String>>,
+    Arc<Vendor>,
+    TestServer,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
+    let accepted = Arc::new(Mutex::new(format!("Bearer {token}")));
     let check = accepted.clone();
     let vendor = Arc::new(Vendor {
-        total: 60,
+        total,
         per_connection: 5,
         accepts: Box::new(move |auth| auth == *check.lock().unwrap()),
         log: Mutex::new(Vec::new()),
     });
     let server = vendor_server(vendor.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("vendor-token");
-    std::fs::write(&token, "old-token-1111\n").unwrap();
+    let file = dir.path().join("vendor-token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    (accepted, vendor, server, dir, file)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_rotated_before_the_server_switches_is_used_at_the_next_connection() {
+    let (accepted, vendor, server, _dir, token) = rotating_vendor("old-token-1111", 60).await;
     let mut relay = Relay::launch(
         &server.url("/events"),
         "",
@@ -133,18 +149,7 @@ async fn a_token_file_rotated_before_the_server_switches_is_used_at_the_next_con
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_file_rotated_after_the_server_refuses_the_old_token_recovers_without_a_reload() {
-    let accepted = Arc::new(Mutex::new("Bearer old-token-3333".to_owned()));
-    let check = accepted.clone();
-    let vendor = Arc::new(Vendor {
-        total: 40,
-        per_connection: 5,
-        accepts: Box::new(move |auth| auth == *check.lock().unwrap()),
-        log: Mutex::new(Vec::new()),
-    });
-    let server = vendor_server(vendor.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("vendor-token");
-    std::fs::write(&token, "old-token-3333").unwrap();
+    let (accepted, vendor, server, _dir, token) = rotating_vendor("old-token-3333", 40).await;
     let mut relay = Relay::launch(
         &server.url("/events"),
         "",
