@@ -225,6 +225,9 @@ mod tests {
             .route(records(&["edit", "talk", "edit", "talk"]))
             .await
             .unwrap();
+        // Routed, not acknowledged: both sinks hold the checkpoint back.
+        assert!(tracker.has_in_flight());
+        assert_eq!(&*tracker.checkpoint(), "");
         let mut got_all = all_rx.recv().await.unwrap();
         let got_edits = edits_rx.recv().await.unwrap();
         assert_eq!(ids(&got_all), ["1", "2", "3", "4"]);
@@ -350,5 +353,17 @@ mod tests {
         assert!(drop_warning_due(19_000, 1_500));
         assert!(!drop_warning_due(20_000, 1));
         assert!(!drop_warning_due(3, 2), "3 * 2 would be wrong too");
+    }
+
+    #[tokio::test]
+    async fn drop_newest_with_room_drops_nothing_and_counts_nothing() {
+        let budget = Budget::new(1 << 20, 100);
+        let (lossy, mut rx) = route("l", None, WhenFull::DropNewest, budget, 10);
+        let dropped = lossy.dropped.clone();
+        let tracker = Arc::new(AckTracker::new(1, ""));
+        let mut router = Router::new(Arc::from("s"), vec![lossy], tracker);
+        router.route(records(&["m"; 3])).await.unwrap();
+        assert_eq!(ids(&rx.recv().await.unwrap()), ["1", "2", "3"]);
+        assert_eq!(dropped.get(), 0);
     }
 }
