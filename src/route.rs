@@ -140,8 +140,7 @@ impl Router {
                         .map_err(|_| SinksClosed)?;
                     if dropped > 0 {
                         let before = route.dropped.inc_by(dropped as u64);
-                        let after = before + dropped as u64;
-                        if drop_warning_due(before, dropped as u64) {
+                        if let Some(after) = drop_warning_due(before, dropped as u64) {
                             tracing::warn!(
                                 stream = %self.stream,
                                 "sink {} queue is full: dropped event (when_full = \"drop_newest\"; {after} dropped so far)",
@@ -156,13 +155,13 @@ impl Router {
     }
 }
 
-/// Whether `dropped` more drops on top of `before` deserve a WARN: the
+/// Whether `dropped` more drops on top of `before` deserve a WARN (the
 /// first drop, then once per 10,000, so a stream that outruns a
-/// `drop_newest` sink does not flood the log.
-fn drop_warning_due(before: u64, dropped: u64) -> bool {
+/// `drop_newest` sink does not flood the log); if so, the count to report.
+fn drop_warning_due(before: u64, dropped: u64) -> Option<u64> {
     debug_assert!(dropped > 0, "called after a drop");
     let after = before + dropped;
-    before == 0 || before / 10_000 != after / 10_000
+    (before == 0 || before / 10_000 != after / 10_000).then_some(after)
 }
 
 #[cfg(test)]
@@ -343,16 +342,16 @@ mod tests {
     #[test]
     fn drops_are_warned_about_first_and_then_once_per_ten_thousand() {
         // (count before, dropped now)
-        assert!(drop_warning_due(0, 1));
-        assert!(drop_warning_due(0, 50_000));
-        assert!(!drop_warning_due(1, 1));
-        assert!(!drop_warning_due(1, 9_998));
-        assert!(drop_warning_due(9_999, 1));
-        assert!(drop_warning_due(9_999, 2));
-        assert!(!drop_warning_due(10_000, 9_999));
-        assert!(drop_warning_due(19_000, 1_500));
-        assert!(!drop_warning_due(20_000, 1));
-        assert!(!drop_warning_due(3, 2), "3 * 2 would be wrong too");
+        assert_eq!(drop_warning_due(0, 1), Some(1));
+        assert_eq!(drop_warning_due(0, 50_000), Some(50_000));
+        assert_eq!(drop_warning_due(1, 1), None);
+        assert_eq!(drop_warning_due(1, 9_998), None);
+        assert_eq!(drop_warning_due(9_999, 1), Some(10_000));
+        assert_eq!(drop_warning_due(9_999, 2), Some(10_001));
+        assert_eq!(drop_warning_due(10_000, 9_999), None);
+        assert_eq!(drop_warning_due(19_000, 1_500), Some(20_500));
+        assert_eq!(drop_warning_due(20_000, 1), None);
+        assert_eq!(drop_warning_due(3, 2), None, "3 * 2 would be wrong too");
     }
 
     #[tokio::test]
