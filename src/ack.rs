@@ -31,6 +31,8 @@ struct State {
 #[derive(Debug)]
 pub struct AckTracker {
     state: Mutex<State>,
+    /// Unique to this tracker, i.e. to one run of its stream.
+    run: u64,
 }
 
 impl AckTracker {
@@ -43,13 +45,21 @@ impl AckTracker {
             acked: 0,
             acked_id: start_id.clone(),
         };
+        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         AckTracker {
+            run: RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             state: Mutex::new(State {
                 latest_seq: 0,
                 latest_id: start_id,
                 sinks: vec![progress; sinks],
             }),
         }
+    }
+
+    /// An identity for this run of the stream: a stream that starts again
+    /// (restart, reload, takeover) gets a new tracker and a new number.
+    pub fn run(&self) -> u64 {
+        self.run
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

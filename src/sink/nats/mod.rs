@@ -9,8 +9,9 @@
 //! not stored twice. Events that share an id (a server that sets `id:` only on
 //! some events: the others inherit it) get `<stream>:<id>#<n>` for the n-th
 //! repeat, so they are not mistaken for duplicates; the numbering restarts
-//! with each new id, so a replay numbers them the same way. Events without an
-//! id have no message id: a replay may store them twice.
+//! with each new id and with each run of the stream (a restart, a reload, a
+//! takeover by this instance), so a replay numbers them the same way. Events
+//! without an id have no message id: a replay may store them twice.
 //!
 //! Publishes are pipelined: up to `max_in_flight` wait for their acks at once,
 //! awaited in the order they were sent. A batch whose publish fails (NATS down,
@@ -41,6 +42,15 @@ use super::{Delivery, Sink, Written};
 use crate::backoff::Backoff;
 use crate::record::RecordRef;
 
+/// The last id a stream's records carried in this sink, and how many records
+/// in a row have carried it.
+struct Repeats {
+    /// The run of the stream it was seen in ([`crate::ack::AckTracker::run`]).
+    run: u64,
+    id: String,
+    count: u64,
+}
+
 /// Informational headers on every message, beside `Nats-Msg-Id`.
 pub const STREAM_HEADER: &str = "SSE-Stream";
 pub const EVENT_HEADER: &str = "SSE-Event";
@@ -56,7 +66,7 @@ pub struct NatsSink {
     done: usize,
     /// Per stream: the id of its last published event and how many events
     /// after the first carried that same id.
-    repeats: HashMap<String, (String, u64)>,
+    repeats: HashMap<String, Repeats>,
     /// The message id computed for each delivery of the current batch, kept so
     /// a retry sends exactly the same ids.
     ids: Vec<Option<String>>,
@@ -122,22 +132,35 @@ impl NatsSink {
         Ok(context)
     }
 
-    /// The message id of `record`, numbering repeats of the same id.
-    fn message_id(&mut self, record: &RecordRef<'_>) -> Option<String> {
+    /// The message id of `record`, numbering repeats of the same id within
+    /// one run of its stream (`run`: its acknowledgement tracker, new each
+    /// time the stream starts). A stream that starts again (restart, reload,
+    /// taken over from another instance) resumes from its checkpoint, and its
+    /// first record may carry the id this sink saw last in the previous run:
+    /// that is the same event again, to be dropped as a duplicate, not a
+    /// repeat to be numbered.
+    fn message_id(&mut self, record: &RecordRef<'_>, run: u64) -> Option<String> {
         let id = record.id()?;
-        if !self.repeats.contains_key(record.stream) {
-            self.repeats
-                .insert(record.stream.to_owned(), (String::new(), 0));
+        let entry = self
+            .repeats
+            .entry(record.stream.to_owned())
+            .or_insert_with(|| Repeats {
+                run,
+                id: String::new(),
+                count: 0,
+            });
+        if entry.run != run {
+            entry.run = run;
+            entry.id.clear();
         }
-        let entry = self.repeats.get_mut(record.stream)?;
-        if entry.0 == id {
-            entry.1 += 1;
+        if entry.id == id {
+            entry.count += 1;
         } else {
-            entry.0.clear();
-            entry.0.push_str(id);
-            entry.1 = 0;
+            entry.id.clear();
+            entry.id.push_str(id);
+            entry.count = 0;
         }
-        Some(match entry.1 {
+        Some(match entry.count {
             0 => format!("{}:{id}", record.stream),
             n => format!("{}:{id}#{n}", record.stream),
         })
@@ -238,7 +261,14 @@ impl Sink for NatsSink {
         let records: Vec<RecordRef<'_>> = batch.iter().flat_map(Delivery::records).collect();
         if self.ids.len() != records.len() {
             // First attempt at this batch: number the message ids once.
-            self.ids = records.iter().map(|r| self.message_id(r)).collect();
+            let mut ids = Vec::with_capacity(records.len());
+            for delivery in batch.iter() {
+                let run = delivery.tracker.run();
+                for record in delivery.records() {
+                    ids.push(self.message_id(&record, run));
+                }
+            }
+            self.ids = ids;
             self.done = 0;
         }
         let result = self.publish(&records).await;
@@ -332,5 +362,66 @@ mod tests {
         assert!(check_subject_template("sse..{stream}").is_err());
         assert!(check_subject_template("sse.>").is_err());
         assert!(check_subject_template("sse.{bogus}").is_err());
+    }
+
+    fn sink() -> NatsSink {
+        let connection = crate::nats::NatsConnection {
+            urls: vec!["nats://127.0.0.1:4222".into()],
+            token: None,
+            user: None,
+            password: None,
+            credentials_file: None,
+            tls_required: false,
+            ca_file: None,
+            connect_timeout: Duration::from_secs(1),
+        };
+        NatsSink::new(
+            "js",
+            Box::new(NatsSinkConfig {
+                connection,
+                subject: "sse.{stream}".into(),
+                stream: None,
+                create_stream: false,
+                duplicate_window: Duration::from_secs(120),
+                max_in_flight: 1,
+                ack_timeout: Duration::from_secs(1),
+                backoff_initial: Duration::from_millis(10),
+                backoff_max: Duration::from_millis(10),
+            }),
+        )
+    }
+
+    fn message_ids(sink: &mut NatsSink, ids: &[&str], run: u64) -> Vec<String> {
+        let mut records = crate::record::Records::new(
+            std::sync::Arc::from("s"),
+            std::time::SystemTime::UNIX_EPOCH,
+            0,
+        );
+        for id in ids {
+            records.push(&crate::sse::EventRef {
+                event: "message",
+                data: "x",
+                id,
+                retry: None,
+            });
+        }
+        (0..ids.len())
+            .map(|i| sink.message_id(&records.get(i), run).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn repeated_ids_are_numbered_within_a_run_and_a_new_run_starts_over() {
+        let mut sink = sink();
+        assert_eq!(
+            message_ids(&mut sink, &["1", "2", "2", "2", "3"], 7),
+            ["s:1", "s:2", "s:2#1", "s:2#2", "s:3"]
+        );
+        // The same run goes on across batches.
+        assert_eq!(message_ids(&mut sink, &["3", "4"], 7), ["s:3#1", "s:4"]);
+        // The stream started again from its checkpoint (3): its first
+        // records are the same events, with the same message ids, so
+        // JetStream drops them as duplicates.
+        assert_eq!(message_ids(&mut sink, &["4", "5"], 8), ["s:4", "s:5"]);
     }
 }
