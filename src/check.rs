@@ -86,13 +86,11 @@ pub fn summary(path: &Path, config: &Config) -> String {
             ));
         }
         if let Some(auth) = &stream.auth {
-            auth.warnings(&format!("stream `{}`", stream.name), &mut warnings);
-            if stream.url.scheme() == "http" {
-                warnings.push(format!(
-                    "stream `{}` sends its `auth` credentials over plain http://: they travel unencrypted",
-                    stream.name
-                ));
-            }
+            auth.warnings(
+                &format!("stream `{}`", stream.name),
+                &stream.url,
+                &mut warnings,
+            );
         }
         if stream.url.scheme() == "http" && url_has_credentials(&stream.url) {
             warnings.push(format!(

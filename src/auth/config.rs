@@ -59,15 +59,22 @@ impl AuthConfig {
         }
     }
 
-    /// What `check` should warn about, for the table named `owner`.
-    pub fn warnings(&self, owner: &str, out: &mut Vec<String>) {
+    /// What `check` should warn about, for the table named `owner` whose
+    /// requests go to `url`.
+    pub fn warnings(&self, owner: &str, url: &reqwest::Url, out: &mut Vec<String>) {
+        if url.scheme() == "http" {
+            out.push(format!(
+                "{owner} sends its `auth` credentials over plain http://: they travel unencrypted"
+            ));
+        }
         if let AuthConfig::OAuth2(oauth) = self {
-            let loopback = oauth.token_url.host_str().is_some_and(|h| {
-                h == "localhost"
-                    || h.parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback())
-                    || h == "[::1]"
-            });
+            use url::Host;
+            let loopback = match oauth.token_url.host() {
+                Some(Host::Domain(name)) => name == "localhost",
+                Some(Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
             if oauth.token_url.scheme() == "http" && !loopback {
                 out.push(format!(
                     "{owner} sends its OAuth2 client secret to a plain http:// token_url: it travels unencrypted"

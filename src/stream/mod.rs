@@ -260,16 +260,7 @@ impl Stream {
             }
         }
         self.check_answer(answer.status, &answer.headers, &url)?;
-        let coding = decode::Coding::of(&answer.headers)
-            .map_err(|unsupported| retry("content_encoding", unsupported.to_string()))?;
-        // The head goes here: its headers may be slices of the client's first
-        // read buffer, which would otherwise stay alive for the whole
-        // connection, next to the one the body is read into.
-        Ok(Body {
-            source: answer.source,
-            decoder: decode::Decoder::new(coding),
-            source_ended: false,
-        })
+        Body::of(answer)
     }
 
     /// Sends the request and follows redirects by [`redirect`]'s policy,
@@ -576,6 +567,21 @@ struct Body {
 }
 
 impl Body {
+    /// The body of a 200 answer, decoded by its `Content-Encoding`; an
+    /// encoding it cannot decode ends the attempt. The answer's head is
+    /// dropped here: its headers may be slices of the client's first read
+    /// buffer, which would otherwise stay alive for the whole connection,
+    /// next to the one the body is read into.
+    fn of(answer: Answer) -> Result<Body, Attempt> {
+        let coding = decode::Coding::of(&answer.headers)
+            .map_err(|unsupported| retry("content_encoding", unsupported.to_string()))?;
+        Ok(Body {
+            source: answer.source,
+            decoder: decode::Decoder::new(coding),
+            source_ended: false,
+        })
+    }
+
     /// Hands the next bytes of the body to `emit`, at most one decoding
     /// window of them for a compressed body (the socket is read again only
     /// once all that arrived is decoded); `None` once the body has ended.

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{decode, Attempt, Body, Stream};
+use super::{Attempt, Body, Stream};
 use crate::ack::AckTracker;
 use crate::config::StreamConfig;
 use crate::http;
@@ -84,17 +84,12 @@ impl Stream {
             probe.problem = Some(attempt_reason(attempt));
             return probe;
         }
-        let coding = match decode::Coding::of(&answer.headers) {
-            Ok(coding) => coding,
-            Err(unsupported) => {
-                probe.problem = Some(unsupported.to_string());
+        let mut body = match Body::of(answer) {
+            Ok(body) => body,
+            Err(attempt) => {
+                probe.problem = Some(attempt_reason(attempt));
                 return probe;
             }
-        };
-        let mut body = Body {
-            source: answer.source,
-            decoder: decode::Decoder::new(coding),
-            source_ended: false,
         };
         let mut first: Option<String> = None;
         let parser = &mut stream.parser;

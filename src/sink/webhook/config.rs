@@ -190,12 +190,7 @@ impl SinkType for WebhookConfig {
 
     fn warnings(&self, sink: &str, out: &mut Vec<String>) {
         if let Some(auth) = &self.auth {
-            auth.warnings(&format!("sink `{sink}`"), out);
-            if self.url.scheme() == "http" {
-                out.push(format!(
-                    "sink `{sink}` sends its `auth` credentials over plain http://: they travel unencrypted"
-                ));
-            }
+            auth.warnings(&format!("sink `{sink}`"), &self.url, out);
         }
         if self.tls_insecure {
             out.push(format!(
