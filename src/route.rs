@@ -253,24 +253,36 @@ mod tests {
         assert_eq!(all_budget.free_bytes(), 1 << 20);
     }
 
-    #[tokio::test]
-    async fn a_full_queue_blocks_the_stream_until_the_sink_takes_records() {
-        let budget = Budget::new(1 << 20, 3);
+    /// Routes seven records through one blocking route on `budget`, taking
+    /// them off its queue as a sink would meanwhile, and checks that no
+    /// delivery holds more than `at_most`. The ids in the order taken.
+    async fn seven_taken_in_parts(budget: Arc<Budget>, at_most: usize) -> Vec<String> {
         let (blocking, mut rx) = route("b", None, WhenFull::Block, budget, 10);
         let tracker = Arc::new(AckTracker::new(1, ""));
         let mut router = Router::new(Arc::from("s"), vec![blocking], tracker);
         let routing = tokio::spawn(async move {
             router.route(records(&["m"; 7])).await.unwrap();
         });
-        // Queued in parts of at most `queue_size` records.
         let mut seen = Vec::new();
         while seen.len() < 7 {
             let mut delivery = rx.recv().await.unwrap();
-            assert!(delivery.len() <= 3);
+            assert!(
+                delivery.len() <= at_most,
+                "{} records in one delivery",
+                delivery.len()
+            );
             seen.extend(ids(&delivery));
+            // Slots come back as it leaves the queue, bytes as it is dropped.
             delivery.held.leave_queue();
         }
         routing.await.unwrap();
+        seen
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_blocks_the_stream_until_the_sink_takes_records() {
+        // Queued in parts of at most `queue_size` records.
+        let seen = seven_taken_in_parts(Budget::new(1 << 20, 3), 3).await;
         assert_eq!(seen, ["1", "2", "3", "4", "5", "6", "7"]);
     }
 
@@ -317,25 +329,7 @@ mod tests {
         let one = records(&["m"]);
         let per_record = one.text_len(0) + crate::sink::queue::OVERHEAD;
         // Room for two records' bytes, for ten by count.
-        let budget = Budget::new(2 * per_record, 10);
-        let (blocking, mut rx) = route("b", None, WhenFull::Block, budget, 10);
-        let tracker = Arc::new(AckTracker::new(1, ""));
-        let mut router = Router::new(Arc::from("s"), vec![blocking], tracker);
-        let routing = tokio::spawn(async move {
-            router.route(records(&["m"; 7])).await.unwrap();
-        });
-        let mut seen = Vec::new();
-        while seen.len() < 7 {
-            let delivery = rx.recv().await.unwrap();
-            assert!(
-                delivery.len() <= 2,
-                "{} records in one delivery",
-                delivery.len()
-            );
-            seen.extend(ids(&delivery));
-            // Dropping the delivery gives its bytes back for the rest.
-        }
-        routing.await.unwrap();
+        let seen = seven_taken_in_parts(Budget::new(2 * per_record, 10), 2).await;
         assert_eq!(seen, ["1", "2", "3", "4", "5", "6", "7"]);
     }
 

@@ -208,6 +208,20 @@ struct Issuer {
 }
 
 impl Issuer {
+    /// An issuer whose tokens say `expires_in` and live `lifetime`, serving
+    /// its token endpoint; the endpoint's URL.
+    async fn start(expires_in: u64, lifetime: Duration) -> (Arc<Issuer>, String) {
+        let issuer = Arc::new(Issuer {
+            issued: Mutex::new(Vec::new()),
+            requests: AtomicUsize::new(0),
+            expires_in,
+            lifetime,
+            refused: AtomicUsize::new(0),
+        });
+        let url = token_endpoint(issuer.clone()).await;
+        (issuer, url)
+    }
+
     fn valid(&self, authorization: &str) -> bool {
         let issued = self.issued.lock().unwrap();
         issued.iter().any(|(token, at)| {
@@ -285,14 +299,7 @@ fn oauth_table(stream: &str, token_url: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_lived_oauth2_tokens_are_renewed_before_they_expire_and_shared_by_streams() {
-    let issuer = Arc::new(Issuer {
-        issued: Mutex::new(Vec::new()),
-        requests: AtomicUsize::new(0),
-        expires_in: 2,
-        lifetime: Duration::from_millis(2500),
-        refused: AtomicUsize::new(0),
-    });
-    let token_url = token_endpoint(issuer.clone()).await;
+    let (issuer, token_url) = Issuer::start(2, Duration::from_millis(2500)).await;
     let total = 250;
     let servers = {
         let mut servers = Vec::new();
@@ -363,15 +370,8 @@ async fn short_lived_oauth2_tokens_are_renewed_before_they_expire_and_shared_by_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_to_an_oauth2_token_fetches_a_new_one_at_once_not_after_backoff() {
-    let issuer = Arc::new(Issuer {
-        issued: Mutex::new(Vec::new()),
-        requests: AtomicUsize::new(0),
-        // The client is told an hour; the server revokes sooner.
-        expires_in: 3600,
-        lifetime: Duration::from_secs(3600),
-        refused: AtomicUsize::new(0),
-    });
-    let token_url = token_endpoint(issuer.clone()).await;
+    // The client is told an hour; the server revokes sooner.
+    let (issuer, token_url) = Issuer::start(3600, Duration::from_secs(3600)).await;
     let check = issuer.clone();
     let vendor = Arc::new(Vendor {
         total: 40,

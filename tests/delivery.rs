@@ -385,8 +385,10 @@ async fn drop_newest_sinks_lose_only_their_own_events_and_never_hold_the_checkpo
     );
 }
 
-#[tokio::test]
-async fn a_corrupt_checkpoint_stops_start_up_with_the_way_out() {
+/// Starts the daemon (one stream `s`, state in a temporary directory) after
+/// `spoil` has put something in place of its checkpoint, and returns its
+/// exit code and stderr once it refuses to start.
+fn start_with_spoiled_checkpoint(spoil: impl FnOnce(&Path)) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
     let config = dir.path().join("c.toml");
@@ -396,17 +398,23 @@ async fn a_corrupt_checkpoint_stops_start_up_with_the_way_out() {
     )
     .unwrap();
     std::fs::create_dir_all(dir.path().join("state/checkpoints")).unwrap();
-    std::fs::write(
-        dir.path().join("state/checkpoints/s.json"),
-        "{\"stream\":\"s\",\"last_ev",
-    )
-    .unwrap();
+    spoil(&dir.path().join("state/checkpoints/s.json"));
     let out = Command::new(env!("CARGO_BIN_EXE_sse-relay"))
         .args(["run", "--config"])
         .arg(&config)
         .output_within(Duration::from_secs(30));
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_corrupt_checkpoint_stops_start_up_with_the_way_out() {
+    let (code, stderr) = start_with_spoiled_checkpoint(|checkpoint| {
+        std::fs::write(checkpoint, "{\"stream\":\"s\",\"last_ev").unwrap()
+    });
+    assert_ne!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains("checkpoints/s.json") && stderr.contains("corrupt"),
         "{stderr}"
@@ -416,23 +424,11 @@ async fn a_corrupt_checkpoint_stops_start_up_with_the_way_out() {
 
 #[tokio::test]
 async fn an_unreadable_checkpoint_stops_start_up_naming_it_instead_of_starting_over() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    let config = dir.path().join("c.toml");
-    std::fs::write(
-        &config,
-        format!("data_dir = \"{d}/state\"\n[streams.s]\nurl = \"http://127.0.0.1:9/\"\n"),
-    )
-    .unwrap();
     // A directory where the checkpoint file belongs: it exists, and cannot
     // be read; starting from scratch would replay or skip the stream.
-    std::fs::create_dir_all(dir.path().join("state/checkpoints/s.json")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sse-relay"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .output_within(Duration::from_secs(30));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, stderr) =
+        start_with_spoiled_checkpoint(|checkpoint| std::fs::create_dir(checkpoint).unwrap());
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("checkpoints/s.json") && stderr.contains("cannot be read"),
         "{stderr}"
