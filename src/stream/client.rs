@@ -1,26 +1,40 @@
-//! The HTTP client a stream connects with, and the headers of its requests.
+//! The HTTP clients a stream connects with, and the headers of its requests.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::Client;
 
+use super::wire;
 use crate::config::StreamConfig;
 use crate::http::{basic_auth, decode, with_tls, ClientError, TlsError};
 
-/// The client a stream uses. Streams speak HTTP/1.1 unless `http2 = true`, so
+/// What a stream connects with: reqwest for what the lean client
+/// ([`wire`]) does not do, and the lean client's TLS settings.
+#[derive(Clone)]
+pub struct Clients {
+    pub reqwest: Client,
+    /// For `https://` through the lean client; `None` with `http2` or
+    /// `tls_insecure`, which stay with reqwest.
+    pub lean_tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// The clients a stream uses. Streams speak HTTP/1.1 unless `http2 = true`, so
 /// streams to one host never queue behind each other on a shared HTTP/2
 /// connection: each request gets a connection of its own.
 ///
-/// HTTP/1.1 streams with the same connection settings share one client: a
+/// HTTP/1.1 streams with the same connection settings share their clients: a
 /// client holds its own TLS root store and pool (over 100 KiB), and HTTP/1.1
 /// never puts two requests on one connection, so sharing changes nothing on
 /// the wire. A stream with `http2 = true` always gets its own.
-pub fn build_client(config: &StreamConfig) -> Result<Client, ClientError> {
+pub fn build_client(config: &StreamConfig) -> Result<Clients, ClientError> {
     if config.http2 {
-        return new_client(config);
+        return Ok(Clients {
+            reqwest: new_client(config)?,
+            lean_tls: None,
+        });
     }
     let ca_pem = match &config.ca_file {
         // The contents, not the path: a reload after the file changed must
@@ -38,17 +52,23 @@ pub fn build_client(config: &StreamConfig) -> Result<Client, ClientError> {
         ca_pem,
         tls_insecure: config.tls_insecure,
     };
-    static SHARED: OnceLock<Mutex<HashMap<ClientKey, Client>>> = OnceLock::new();
-    let mut clients = SHARED
+    static SHARED: OnceLock<Mutex<HashMap<ClientKey, Clients>>> = OnceLock::new();
+    let mut shared = SHARED
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(client) = clients.get(&key) {
-        return Ok(client.clone());
+    if let Some(clients) = shared.get(&key) {
+        return Ok(clients.clone());
     }
-    let client = new_client(config)?;
-    clients.insert(key, client.clone());
-    Ok(client)
+    let reqwest = new_client(config)?;
+    let lean_tls = match (&key.ca_pem, &config.ca_file) {
+        _ if config.tls_insecure => None,
+        (Some(pem), Some(path)) => Some(wire::client_config(Some((path, pem)))?),
+        _ => Some(wire::client_config(None)?),
+    };
+    let clients = Clients { reqwest, lean_tls };
+    shared.insert(key, clients.clone());
+    Ok(clients)
 }
 
 /// What makes two HTTP/1.1 streams' clients interchangeable.

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue};
-use reqwest::{Client, StatusCode, Url};
+use reqwest::{StatusCode, Url};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Credentials;
@@ -70,7 +70,7 @@ enum Attempt {
 /// [`Stream::run`]).
 pub struct Stream {
     config: Arc<StreamConfig>,
-    client: Client,
+    client: client::Clients,
     parser: Parser,
     router: Router,
     backoff: Backoff,
@@ -307,36 +307,39 @@ impl Stream {
                 }
             }
             // The lean client sends GETs; anything with a body goes through reqwest.
-            let answer = if method == reqwest::Method::GET && wire::eligible(&url, config.http2) {
-                let response = wire::open(&url, &headers, config.connect_timeout)
-                    .await
-                    .map_err(|e| {
-                        let (kind, reason) = e.describe();
+            let lean_tls = self.client.lean_tls.as_ref();
+            let answer =
+                if method == reqwest::Method::GET && wire::eligible(&url, config.http2, lean_tls) {
+                    let response = wire::open(&url, &headers, config.connect_timeout, lean_tls)
+                        .await
+                        .map_err(|e| {
+                            let (kind, reason) = e.describe();
+                            retry(kind, reason)
+                        })?;
+                    Answer {
+                        status: response.status,
+                        headers: response.headers,
+                        source: Source::Lean(response.body),
+                    }
+                } else {
+                    let mut request = self
+                        .client
+                        .reqwest
+                        .request(method.clone(), url.clone())
+                        .headers(headers);
+                    if let Some(body) = &body {
+                        request = request.body(body.clone());
+                    }
+                    let response = request.send().await.map_err(|e| {
+                        let (kind, reason) = describe_error(&e);
                         retry(kind, reason)
                     })?;
-                Answer {
-                    status: response.status,
-                    headers: response.headers,
-                    source: Source::Lean(response.body),
-                }
-            } else {
-                let mut request = self
-                    .client
-                    .request(method.clone(), url.clone())
-                    .headers(headers);
-                if let Some(body) = &body {
-                    request = request.body(body.clone());
-                }
-                let response = request.send().await.map_err(|e| {
-                    let (kind, reason) = describe_error(&e);
-                    retry(kind, reason)
-                })?;
-                Answer {
-                    status: response.status(),
-                    headers: response.headers().clone(),
-                    source: Source::Reqwest(Box::pin(response.bytes_stream())),
-                }
-            };
+                    Answer {
+                        status: response.status(),
+                        headers: response.headers().clone(),
+                        source: Source::Reqwest(Box::pin(response.bytes_stream())),
+                    }
+                };
             let Some(next) = redirect::location(&url, answer.status, &answer.headers) else {
                 return Ok((url, answer, authorization.filter(|_| credentials)));
             };

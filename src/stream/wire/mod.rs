@@ -1,4 +1,4 @@
-//! A lean HTTP/1.1 client for plain `http://` streams.
+//! A lean HTTP/1.1 client for `http://` and `https://` streams.
 //!
 //! Why not reqwest for these: an idle stream read through reqwest/hyper holds
 //! about 20 KiB (hyper's 8 KiB read and write buffers and a request queue sized
@@ -7,11 +7,12 @@
 //! `TcpStream`, and reads with `readable()` + `try_read` into one buffer per
 //! thread: an idle stream holds no read buffer at all (about 1 KiB a stream
 //! with its task). It also skips hyper's body channel, one hand-off per chunk.
+//! `https://` goes through [`tls`], which decrypts in that same buffer.
 //!
 //! What it covers: the request head, 1xx answers, `Content-Length`, chunked and
 //! close-delimited bodies. Anything else stays with reqwest (see
-//! [`eligible`]): `https://`, HTTP/2, a proxy set in the environment. It sends
-//! one request and reads one answer: redirects are the stream's to follow
+//! [`eligible`]): HTTP/2, `tls_insecure`, a proxy set in the environment. It
+//! sends one request and reads one answer: redirects are the stream's to follow
 //! ([`crate::http::redirect`]), content decoding is [`crate::http::decode`]'s,
 //! the same for both clients.
 //!
@@ -19,14 +20,18 @@
 //! bytes, not sockets, so the fuzz target `fuzz/fuzz_targets/wire_response.rs`
 //! drives them with arbitrary input.
 
+mod tls;
+pub use tls::client_config;
+
 use std::cell::RefCell;
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{StatusCode, Url};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// The longest response head accepted.
@@ -39,18 +44,30 @@ const HEAD_STEP: usize = 512;
 const READ_BUFFER: usize = 64 << 10;
 
 /// Whether a request to `url` can use this client rather than reqwest.
-pub fn eligible(url: &Url, http2: bool) -> bool {
-    url.scheme() == "http"
+/// `tls` is the stream's lean TLS settings: `https://` needs them (a stream
+/// with `tls_insecure` or HTTP/2 has none).
+pub fn eligible(url: &Url, http2: bool, tls: Option<&Arc<rustls::ClientConfig>>) -> bool {
+    let scheme_ok = match url.scheme() {
+        "http" => true,
+        "https" => tls.is_some(),
+        _ => false,
+    };
+    scheme_ok
         && !http2
         && url.username().is_empty()
         && url.password().is_none()
-        && !proxy_in_environment()
+        && !proxy_in_environment(url.scheme())
 }
 
 /// reqwest would route through a proxy named in the environment (and knows
 /// `NO_PROXY`); leave those streams to it.
-fn proxy_in_environment() -> bool {
-    ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"]
+fn proxy_in_environment(scheme: &str) -> bool {
+    let names: &[&str] = if scheme == "https" {
+        &["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"]
+    } else {
+        &["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"]
+    };
+    names
         .iter()
         .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
 }
@@ -84,30 +101,92 @@ pub struct Response {
     pub body: Body,
 }
 
-/// Connects to `url` and sends a GET with `headers` (which must not hold
-/// `Host`), then reads the answer's head.
+/// Connects to `url` (over TLS with `tls` for `https://`) and sends a GET
+/// with `headers` (which must not hold `Host`), then reads the answer's head.
 pub async fn open(
     url: &Url,
     headers: &HeaderMap,
     connect_timeout: Duration,
+    tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<Response, WireError> {
     let mut socket = connect(url, connect_timeout).await?;
     let request = request_head(url, headers);
-    socket
-        .write_all(&request)
-        .await
-        .map_err(|e| WireError::Request(format!("sending the request: {e}")))?;
-    let (status, headers, rest) = read_head(&mut socket).await?;
+    let mut transport = match (url.scheme(), tls) {
+        ("https", Some(config)) => {
+            let host = url.host().ok_or_else(|| {
+                WireError::Connect(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the URL has no host",
+                ))
+            })?;
+            let name = tls::server_name(host).map_err(WireError::Connect)?;
+            // The handshake counts toward connect_timeout, as with reqwest.
+            let connecting = tls::TlsSocket::connect(socket, config.clone(), name, &request);
+            match tokio::time::timeout(connect_timeout, connecting).await {
+                Ok(Ok(tls)) => Transport::Tls(Box::new(tls)),
+                Ok(Err(e)) => return Err(WireError::Connect(e)),
+                Err(_) => {
+                    return Err(WireError::Connect(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no TLS handshake within connect_timeout",
+                    )))
+                }
+            }
+        }
+        _ => {
+            socket
+                .write_all(&request)
+                .await
+                .map_err(|e| WireError::Request(format!("sending the request: {e}")))?;
+            Transport::Plain(socket)
+        }
+    };
+    let (status, headers, rest) = read_head(&mut transport).await?;
     let framing = Framing::of(&headers)?;
     Ok(Response {
         status,
         headers,
         body: Body {
-            socket,
+            transport,
             framing,
             head_rest: (!rest.is_empty()).then_some(rest),
         },
     })
+}
+
+/// The connection a request went out on.
+enum Transport {
+    Plain(TcpStream),
+    /// Boxed: most of it is rustls' connection state.
+    Tls(Box<tls::TlsSocket>),
+}
+
+impl Transport {
+    /// Waits for bytes and hands them (decrypted, for TLS) to `take` until
+    /// it returns `false`. Returns how many bytes came off the wire; 0 once
+    /// the server has closed the connection.
+    async fn read(&mut self, take: &mut impl FnMut(&[u8]) -> bool) -> io::Result<usize> {
+        match self {
+            Transport::Tls(tls) => tls.read(take).await,
+            Transport::Plain(socket) => loop {
+                socket.readable().await?;
+                let read = READ_BUF.with_borrow_mut(|buffer| match socket.try_read(buffer) {
+                    Ok(n) => {
+                        if n > 0 {
+                            take(&buffer[..n]);
+                        }
+                        Some(Ok(n))
+                    }
+                    // Readiness can be spurious: wait again.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                    Err(e) => Some(Err(e)),
+                });
+                if let Some(read) = read {
+                    return read;
+                }
+            },
+        }
+    }
 }
 
 async fn connect(url: &Url, connect_timeout: Duration) -> Result<TcpStream, WireError> {
@@ -232,7 +311,9 @@ pub fn parse_head(buffer: &[u8]) -> Result<Head, WireError> {
 
 /// Reads the head of the final answer (skipping 1xx ones); returns it and the
 /// body bytes that came with it.
-async fn read_head(socket: &mut TcpStream) -> Result<(StatusCode, HeaderMap, Vec<u8>), WireError> {
+async fn read_head(
+    transport: &mut Transport,
+) -> Result<(StatusCode, HeaderMap, Vec<u8>), WireError> {
     // Small steps: 10,000 streams connecting at once would otherwise leave
     // their freed head buffers behind as heap holes (RSS).
     let mut buffer = Vec::with_capacity(HEAD_STEP);
@@ -250,7 +331,13 @@ async fn read_head(socket: &mut TcpStream) -> Result<(StatusCode, HeaderMap, Vec
             Head::Partial => {}
         }
         buffer.reserve(HEAD_STEP);
-        match socket.read_buf(&mut buffer).await {
+        let read = transport
+            .read(&mut |bytes| {
+                buffer.extend_from_slice(bytes);
+                true
+            })
+            .await;
+        match read {
             Ok(0) => {
                 return Err(WireError::Request(
                     "the server closed the connection before answering".to_owned(),
@@ -433,7 +520,7 @@ pub enum Read {
 
 /// A response body being read.
 pub struct Body {
-    socket: TcpStream,
+    transport: Transport,
     framing: Framing,
     /// Body bytes that arrived with the head, handed out first.
     head_rest: Option<Vec<u8>>,
@@ -452,21 +539,20 @@ impl Body {
         if let Some(rest) = self.head_rest.take() {
             return self.decode(&rest, emit);
         }
-        loop {
-            self.socket
-                .readable()
-                .await
-                .map_err(|e| WireError::Body(e.to_string()))?;
-            let read = READ_BUF.with_borrow_mut(|buffer| match self.socket.try_read(buffer) {
-                Ok(0) => Some(self.end_of_input().map(|()| Read::End)),
-                Ok(n) => Some(self.decode(&buffer[..n], emit)),
-                // Readiness can be spurious: wait again.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-                Err(e) => Some(Err(WireError::Body(e.to_string()))),
-            });
-            if let Some(read) = read {
-                return read;
-            }
+        let framing = &mut self.framing;
+        let mut ended = Ok(false);
+        let read = self
+            .transport
+            .read(&mut |bytes| {
+                ended = framing.decode(bytes, emit);
+                matches!(ended, Ok(false))
+            })
+            .await
+            .map_err(|e| WireError::Body(e.to_string()))?;
+        match ended? {
+            true => Ok(Read::End),
+            false if read == 0 => self.end_of_input().map(|()| Read::End),
+            false => Ok(Read::Bytes(read)),
         }
     }
 
@@ -594,12 +680,17 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_http_without_credentials_or_proxies_is_eligible() {
+    fn only_http1_without_credentials_or_proxies_is_eligible() {
         let url = |s: &str| Url::parse(s).unwrap();
-        assert!(eligible(&url("http://127.0.0.1:8080/s?x=1"), false) || proxy_in_environment());
-        assert!(!eligible(&url("https://example.com/"), false));
-        assert!(!eligible(&url("http://example.com/"), true));
-        assert!(!eligible(&url("http://u:p@example.com/"), false));
+        let tls = client_config(None).unwrap();
+        let no_proxy = !proxy_in_environment("http") && !proxy_in_environment("https");
+        assert!(eligible(&url("http://127.0.0.1:8080/s?x=1"), false, None) || !no_proxy);
+        assert!(eligible(&url("https://example.com/"), false, Some(&tls)) || !no_proxy);
+        assert!(!eligible(&url("https://example.com/"), false, None));
+        assert!(!eligible(&url("https://example.com/"), true, Some(&tls)));
+        assert!(!eligible(&url("http://example.com/"), true, None));
+        assert!(!eligible(&url("http://u:p@example.com/"), false, None));
+        assert!(!eligible(&url("ftp://example.com/"), false, Some(&tls)));
     }
 
     #[test]

@@ -1,0 +1,225 @@
+//! `https://` streams through the lean client's TLS (`src/stream/wire/tls.rs`):
+//! the real binary against rustls servers on loopback, with TLS records cut at
+//! every size on the wire, a key update in the middle of a stream, and a
+//! server that closes without `close_notify`.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::relay::{log_line, Relay};
+use support::tls::{server_config, TlsServer};
+use support::{numbered, read_request, SSE_HEAD_CLOSE_DELIMITED};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+const NO_CONTENT: &[u8] = b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n";
+
+/// Events 1 to 60; 20 and 40 carry 40,000 bytes of data each, so they span
+/// three TLS records (a record holds at most 16 KiB).
+fn mixed_events() -> (Vec<u8>, Vec<String>) {
+    let mut body = Vec::new();
+    let mut data = Vec::new();
+    for id in 1..=60 {
+        let text = if id % 20 == 0 {
+            format!("{id}:{}", "x".repeat(40_000))
+        } else {
+            format!("event {id}")
+        };
+        body.extend_from_slice(format!("id: {id}\ndata: {text}\n\n").as_bytes());
+        data.push(text);
+    }
+    (body, data)
+}
+
+/// A TCP relay to `target` that hands the server's bytes on in pieces of
+/// 1 to 700 bytes (cycling), each its own write with a pause now and then, so
+/// that TLS records and the handshake reach the client cut everywhere.
+async fn splitting_forwarder(target: std::net::SocketAddr) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(target).await else {
+                    return;
+                };
+                client.set_nodelay(true).unwrap();
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+                    let _ = to_server.shutdown().await;
+                });
+                const SIZES: [usize; 9] = [1, 2, 3, 5, 8, 13, 64, 700, 5];
+                let mut buffer = vec![0u8; 64 << 10];
+                let mut turn = 0;
+                loop {
+                    let n = match from_server.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let mut rest = &buffer[..n];
+                    while !rest.is_empty() {
+                        let take = SIZES[turn % SIZES.len()].min(rest.len());
+                        if to_client.write_all(&rest[..take]).await.is_err() {
+                            return;
+                        }
+                        rest = &rest[take..];
+                        turn += 1;
+                        if turn % 8 == 0 {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                }
+                let _ = to_client.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+fn trusting(relay_dir: &std::path::Path, cert_pem: &str) -> String {
+    let ca = relay_dir.join("ca.pem");
+    std::fs::write(&ca, cert_pem).unwrap();
+    format!("ca_file = \"{}\"\nmax_event_bytes = 1048576", ca.display())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_records_cut_anywhere_on_the_wire_give_the_same_events() {
+    let (body, expected) = mixed_events();
+    let server = TlsServer::start(move |n, _| {
+        if n == 0 {
+            let mut out = SSE_HEAD_CLOSE_DELIMITED.to_vec();
+            out.extend_from_slice(&body);
+            out
+        } else {
+            NO_CONTENT.to_vec()
+        }
+    })
+    .await;
+    let forwarder = splitting_forwarder(server.addr).await;
+    let url = format!("https://{forwarder}/events");
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(&url, &trusting(dir.path(), &server.cert_pem));
+    let log = relay.wait_for_exit(WITHIN).await;
+
+    let ids: Vec<String> = (1..=60).map(|i| i.to_string()).collect();
+    assert_eq!(relay.ids(), ids, "{log}");
+    let data: Vec<String> = relay
+        .records()
+        .iter()
+        .map(|r| r["data"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(data == expected, "every event's data arrives whole");
+    assert_eq!(server.requests().len(), 2, "one stream, then the 204");
+    log_line(&log, &["stream=s connected to https://127.0.0.1"]);
+}
+
+/// One TLS 1.3 connection at a time: `serve(n, tls)` answers the n-th.
+async fn tls_server<F, Fut>(serve: F) -> (std::net::SocketAddr, String)
+where
+    F: Fn(usize, tokio_rustls::server::TlsStream<TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (config, cert_pem) = server_config();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serve = Arc::new(serve);
+    tokio::spawn(async move {
+        for n in 0.. {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, serve) = (acceptor.clone(), serve.clone());
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(socket).await {
+                    serve(n, tls).await;
+                }
+            });
+        }
+    });
+    (addr, cert_pem)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_update_in_the_middle_of_a_stream_changes_nothing() {
+    let (addr, cert_pem) = tls_server(|n, mut tls| async move {
+        let _ = read_request(&mut tls).await;
+        if n > 0 {
+            let _ = tls.write_all(NO_CONTENT).await;
+            let _ = tls.shutdown().await;
+            return;
+        }
+        let mut out = SSE_HEAD_CLOSE_DELIMITED.to_vec();
+        out.extend(numbered(1, 3));
+        tls.write_all(&out).await.unwrap();
+        tls.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // New keys for what the server sends from here on (TLS 1.3 KeyUpdate).
+        tls.get_mut().1.refresh_traffic_keys().unwrap();
+        tls.write_all(&numbered(4, 6)).await.unwrap();
+        tls.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = tls.shutdown().await;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(
+        &format!("https://{addr}/events"),
+        &trusting(dir.path(), &cert_pem),
+    );
+    let log = relay.wait_for_exit(WITHIN).await;
+    assert_eq!(relay.ids(), ["1", "2", "3", "4", "5", "6"], "{log}");
+    assert!(!log.contains("error"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_without_close_notify_is_reported_and_resumed() {
+    let (addr, cert_pem) = tls_server(|n, mut tls| async move {
+        let _ = read_request(&mut tls).await;
+        match n {
+            0 => {
+                let mut out = SSE_HEAD_CLOSE_DELIMITED.to_vec();
+                out.extend(numbered(1, 2));
+                tls.write_all(&out).await.unwrap();
+                tls.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Closing the TCP connection under TLS, as an attacker cutting
+                // the body short would.
+                let (socket, _) = tls.into_inner();
+                drop(socket);
+            }
+            1 => {
+                let mut out = SSE_HEAD_CLOSE_DELIMITED.to_vec();
+                out.extend(numbered(3, 3));
+                tls.write_all(&out).await.unwrap();
+                let _ = tls.shutdown().await;
+            }
+            _ => {
+                let _ = tls.write_all(NO_CONTENT).await;
+                let _ = tls.shutdown().await;
+            }
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(
+        &format!("https://{addr}/events"),
+        &format!(
+            "{}\nbackoff_initial = \"50ms\"",
+            trusting(dir.path(), &cert_pem)
+        ),
+    );
+    let log = relay.wait_for_exit(WITHIN).await;
+    assert_eq!(relay.ids(), ["1", "2", "3"], "{log}");
+    log_line(&log, &["after error reading the body", "close_notify"]);
+    log_line(&log, &["stream=s reconnecting in", "Last-Event-ID 2"]);
+}
