@@ -14,9 +14,11 @@
 #           (curl and the peer client time their own request the same way); the
 #           whole process, start-up to exit, is reported beside it.
 #   scale   STREAMS (default 10000) idle streams with a HEARTBEAT (default 15) s
-#           comment: sse-relay's RSS and idle CPU; then the server restarts and
-#           every stream must reconnect (spread of reconnect times) and resume
-#           with the Last-Event-ID it had.
+#           comment, over http and then https (SCALE_SCHEMES): sse-relay's RSS
+#           and idle CPU over IDLE_WINDOW (30) s, starting SETTLE (30) s after
+#           the last connect; then the server restarts and every stream must
+#           reconnect (spread of reconnect times) and resume with the
+#           Last-Event-ID it had.
 #   latency loadgen's /paced: RATE (default 1000) events/s for LATENCY_SECS
 #           (default 10) s, each stamped with its send time; loadgen follows
 #           the relay's output file (polling every 50 us) and reports p50/p99
@@ -30,6 +32,8 @@ RUNS=${RUNS:-3}
 STREAMS=${STREAMS:-10000}
 HEARTBEAT=${HEARTBEAT:-15}
 IDLE_WINDOW=${IDLE_WINDOW:-30}
+SETTLE=${SETTLE:-30}
+SCALE_SCHEMES=${SCALE_SCHEMES:-http https}
 RATE=${RATE:-1000}
 LATENCY_SECS=${LATENCY_SECS:-10}
 PARTS=${*:-parser e2e scale latency}
@@ -150,18 +154,27 @@ PY
   done
 fi
 
-if [[ $PARTS == *scale* ]]; then
-  echo "== scale: $STREAMS idle streams, heartbeat ${HEARTBEAT}s"
-  dir=$WORK/scale
+# Idle streams, plain http and https (TLS 1.3, an ECDSA P-256 certificate
+# trusted through ca_file): RSS and idle CPU from SETTLE s after the last
+# connect, then a server restart.
+scale_run() {
+  local scheme=$1
+  echo "== scale ($scheme): $STREAMS idle streams, heartbeat ${HEARTBEAT}s"
+  dir=$WORK/scale-$scheme
   mkdir -p "$dir"
-  start_loadgen --corpora "" --heartbeat "$HEARTBEAT" --generation 1 --log "$dir/gen1.log" --exit-after 900
+  local tls=() ca=""
+  if [ "$scheme" = https ]; then
+    tls=(--tls-dir "$dir")
+    ca="ca_file = \"$dir/cert.pem\"\n"
+  fi
+  start_loadgen --corpora "" --heartbeat "$HEARTBEAT" --generation 1 --log "$dir/gen1.log" --exit-after 900 "${tls[@]}"
   port=${LG_ADDR##*:}
   {
     echo "data_dir = \"$dir/state\""
     echo "checkpoint_interval = \"5s\""
     for i in $(seq "$STREAMS"); do
-      printf '[streams.s%d]\nurl = "http://%s/idle/s%d"\nidle_timeout = "%ds"\nbackoff_initial = "5s"\nbackoff_max = "30s"\n' \
-        "$i" "$LG_ADDR" "$i" $((HEARTBEAT * 3))
+      printf '[streams.s%d]\nurl = "%s://%s/idle/s%d"\nidle_timeout = "%ds"\nbackoff_initial = "5s"\nbackoff_max = "30s"\n'"$ca" \
+        "$i" "$scheme" "$LG_ADDR" "$i" $((HEARTBEAT * 3))
     done
     printf '[sinks.file]\ntype = "file"\ninputs = ["*"]\npath = "%s/out.jsonl"\nfsync = "never"\n' "$dir"
   } >"$dir/relay.toml"
@@ -179,28 +192,28 @@ if [[ $PARTS == *scale* ]]; then
     sleep 0.5
   done
   connected=$(wc -l <"$dir/out.jsonl")
-  sleep 5 # let start-up allocations settle
+  sleep "$SETTLE" # let start-up allocations and the connect wave settle
   rss_kib=$(awk '/^VmRSS/ {print $2}' "/proc/$REAL_PID/status")
   hz=$(getconf CLK_TCK)
   t0=$(awk '{print $14 + $15}' "/proc/$REAL_PID/stat")
   sleep "$IDLE_WINDOW"
   t1=$(awk '{print $14 + $15}' "/proc/$REAL_PID/stat")
   idle_cpu=$(python3 -c "print(100 * ($t1 - $t0) / $hz / $IDLE_WINDOW)")
-  record scale.connected 1 "$connected"
-  record scale.rss_kib 1 "$rss_kib"
-  record scale.idle_cpu_pct 1 "$idle_cpu"
+  record "scale.$scheme.connected" 1 "$connected"
+  record "scale.$scheme.rss_kib" 1 "$rss_kib"
+  record "scale.$scheme.idle_cpu_pct" 1 "$idle_cpu"
   # The server restarts: every connection drops; a new generation on the same port.
   kill "$LG_PID"
   wait "$LG_PID" 2>/dev/null || true
-  start_loadgen --addr "127.0.0.1:$port" --corpora "" --heartbeat "$HEARTBEAT" --generation 2 --log "$dir/gen2.log" --exit-after 300
+  start_loadgen --addr "127.0.0.1:$port" --corpora "" --heartbeat "$HEARTBEAT" --generation 2 --log "$dir/gen2.log" --exit-after 300 "${tls[@]}"
   for _ in $(seq 240); do
     [ "$(cat "$dir/gen2.log" 2>/dev/null | grep -c /idle/)" -ge "$STREAMS" ] && break
     sleep 0.5
   done
   sleep 1.5 # the log is flushed every second
-  python3 - "$dir/gen2.log" "$STREAMS" >>"$RESULTS" <<'EOF'
+  python3 - "$dir/gen2.log" "$STREAMS" "$scheme" >>"$RESULTS" <<'EOF'
 import sys
-path, streams = sys.argv[1], int(sys.argv[2])
+path, streams, scheme = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 first = {}
 for line in open(path):
     ms, p, last = line.split()
@@ -213,10 +226,16 @@ def pct(q):
 for name, value in [("reconnected", len(first)), ("resumed", resumed),
                     ("reconnect_p0_s", pct(0)), ("reconnect_p50_s", pct(0.5)),
                     ("reconnect_p99_s", pct(0.99)), ("reconnect_p100_s", pct(1.0))]:
-    print(f"scale.{name}\t1\t{value}")
+    print(f"scale.{scheme}.{name}\t1\t{value}")
 EOF
   kill "$RELAY_PID" 2>/dev/null || true
   wait "$RELAY_PID" 2>/dev/null || true
+  kill "$LG_PID" 2>/dev/null || true
+  wait "$LG_PID" 2>/dev/null || true
+}
+
+if [[ $PARTS == *scale* ]]; then
+  for scheme in $SCALE_SCHEMES; do scale_run "$scheme"; done
 fi
 
 if [[ $PARTS == *latency* ]]; then

@@ -128,11 +128,13 @@ pub fn summary(path: &Path, config: &Config) -> String {
 /// `check --connect`: one attempt to every stream's endpoint at once, each
 /// within `within`. The report, and whether every stream would run.
 pub async fn connect(config: &Config, within: std::time::Duration) -> (String, bool) {
-    let probes =
-        futures_util::future::join_all(config.streams.values().map(|stream| {
-            crate::stream::Stream::probe(std::sync::Arc::new(stream.clone()), within)
-        }))
-        .await;
+    let probes = futures_util::future::join_all(
+        config
+            .streams
+            .values()
+            .map(|stream| crate::stream::Stream::probe(stream.clone(), within)),
+    )
+    .await;
     let mut out = String::new();
     let _ = writeln!(
         out,

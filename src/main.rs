@@ -414,7 +414,7 @@ fn single_stream_config(stream: StreamConfig, encoding: Encoding) -> Config {
         data_dir: PathBuf::new(),
         checkpoint_interval: Duration::from_secs(1),
         shutdown_timeout: Duration::from_secs(10),
-        streams: [(stream.name.clone(), stream)].into(),
+        streams: [(stream.name.clone(), std::sync::Arc::new(stream))].into(),
         sinks: [(sink.name.clone(), sink)].into(),
         metrics: None,
         checkpoints: Default::default(),

@@ -681,10 +681,15 @@ path = "{{d}}/{{stream}}.jsonl"
     assert_ne!(text, without_b);
     std::fs::write(&daemon.config, without_b).unwrap();
     daemon.signal("HUP");
+    // One client for every poll: building one (its TLS roots) per poll takes
+    // longer than the poll on a busy machine.
+    let client = reqwest::Client::new();
     let watch_until = Instant::now() + Duration::from_millis(1500);
     let mut polls = 0;
     while Instant::now() < watch_until {
-        let response = reqwest::get(format!("http://127.0.0.1:{port}/health"))
+        let response = client
+            .get(format!("http://127.0.0.1:{port}/health"))
+            .send()
             .await
             .unwrap();
         assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());

@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
@@ -55,7 +56,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub checkpoint_interval: Duration,
     pub shutdown_timeout: Duration,
-    pub streams: BTreeMap<String, StreamConfig>,
+    /// Shared with the running streams: at 10,000 streams a second copy of
+    /// each would cost ~10 MiB.
+    pub streams: BTreeMap<String, Arc<StreamConfig>>,
     pub sinks: BTreeMap<String, SinkConfig>,
     pub metrics: Option<MetricsConfig>,
     /// Where checkpoints are kept: the state directory unless `[checkpoints]`
@@ -318,7 +321,7 @@ fn config(
     for (name, stream) in raw.streams {
         let span = stream.span();
         let stream = stream_table(v, &name, span, stream.into_inner())?;
-        streams.insert(name, stream);
+        streams.insert(name, Arc::new(stream));
     }
     let checkpoints = match checkpoints_table {
         Some(table) => checkpoints(v, table)?,

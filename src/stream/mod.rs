@@ -137,8 +137,13 @@ impl Stream {
         // credentials: the next 401 waits for backoff like any refusal.
         let mut renewed = false;
         loop {
-            let attempt = match self.connect(&shutdown).await {
-                Ok(body) => self.read_body(body, &shutdown).await,
+            // Both boxed, so that the task is as small as the state between
+            // attempts: the connection's future (the request, redirects, a TLS
+            // handshake, reqwest's) is 2.5 KiB and would otherwise be carried
+            // all the time the body is read, and the reading one 1 KiB.
+            let connected = Box::pin(self.connect(&shutdown)).await;
+            let attempt = match connected {
+                Ok(body) => Box::pin(self.read_body(body, &shutdown)).await,
                 Err(attempt) => attempt,
             };
             let (reason, retry_after, delivered_events, routine) = match attempt {

@@ -278,7 +278,7 @@ impl Supervisor<'_> {
         for sink in &sinks {
             self.start_sink(sink)?;
         }
-        let streams: Vec<StreamConfig> = match self.cluster {
+        let streams: Vec<Arc<StreamConfig>> = match self.cluster {
             Some(_) => Vec::new(),
             None => self.config.streams.values().cloned().collect(),
         };
@@ -501,7 +501,11 @@ impl Supervisor<'_> {
             .collect()
     }
 
-    fn start_stream(&mut self, config: StreamConfig, resume_from: &str) -> Result<(), RunError> {
+    fn start_stream(
+        &mut self,
+        config: Arc<StreamConfig>,
+        resume_from: &str,
+    ) -> Result<(), RunError> {
         let name = config.name.clone();
         self.gave_up.remove(&name);
         let route_names = self.routes_of(&name);
@@ -534,7 +538,6 @@ impl Supervisor<'_> {
         let saved_at = metrics.checkpoint_saved.clone();
         let save_errors = metrics.checkpoint_save_errors.clone();
         let save_failing = metrics.checkpoint_failing.clone();
-        let config = Arc::new(config);
         let stream =
             Stream::new(config.clone(), router, resume_from, metrics).map_err(|problem| {
                 RunError::Stream {
@@ -611,7 +614,7 @@ impl Supervisor<'_> {
         wait_acknowledged(&running.tracker, self.config.shutdown_timeout).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let from = running.tracker.checkpoint().to_string();
-        if let Err(e) = self.start_stream(Arc::unwrap_or_clone(running.config), &from) {
+        if let Err(e) = self.start_stream(running.config, &from) {
             tracing::error!("{e}; stream not restarted");
         }
     }

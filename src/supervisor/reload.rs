@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use super::{
     drain_sinks, flush_blocking, lock, wait_acknowledged, Drain, Reloader, RunningSink, Supervisor,
@@ -50,7 +51,7 @@ impl Supervisor<'_> {
         self.config = Cow::Owned(new);
         let mut to_stop = Vec::new();
         for (name, running) in &self.streams {
-            let unchanged = self.config.streams.get(name) == Some(&*running.config)
+            let unchanged = self.config.streams.get(name) == Some(&running.config)
                 && self.routes_of(name) == running.routes
                 && !running
                     .routes
@@ -130,7 +131,7 @@ impl Supervisor<'_> {
         let mut restarted = 0;
         // In a cluster only the streams we held restart here; new ones are
         // claimed by the coordinator.
-        let starting: Vec<StreamConfig> = self
+        let starting: Vec<Arc<StreamConfig>> = self
             .config
             .streams
             .values()

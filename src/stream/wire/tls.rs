@@ -24,10 +24,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError,
-    UnbufferedStatus,
+    UnbufferedStatus, WriteTraffic,
 };
 use rustls::{ClientConfig, RootCertStore};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::READ_BUF;
@@ -108,77 +108,59 @@ pub struct TlsSocket {
 
 impl TlsSocket {
     /// Runs the handshake on `socket` and sends `request` (the first
-    /// application data) as soon as the handshake allows.
+    /// application data) as soon as the handshake allows. The handshake reads
+    /// into the thread's buffer too: 10,000 streams connecting at once would
+    /// otherwise each hold a buffer of their own for it, and leave the heap
+    /// fragmented when they let go.
     pub async fn connect(
-        mut socket: TcpStream,
+        socket: TcpStream,
         config: Arc<ClientConfig>,
         name: ServerName<'static>,
         request: &[u8],
     ) -> io::Result<TlsSocket> {
-        let mut connection = UnbufferedClientConnection::new(config, name).map_err(tls_error)?;
-        // The handshake's own buffers: dropped when it is over.
-        let mut incoming: Vec<u8> = Vec::new();
-        let mut outgoing: Vec<u8> = Vec::new();
+        let connection = UnbufferedClientConnection::new(config, name).map_err(tls_error)?;
+        let mut tls = TlsSocket {
+            socket,
+            connection,
+            held: Vec::new(),
+            outgoing: Vec::new(),
+            closed: false,
+        };
+        let mut request = Some(request);
+        // The server sending data before it has the request is a protocol
+        // violation for HTTP: refused rather than dropped.
+        let mut take = |_: &[u8]| false;
+        // First the ClientHello, from nothing read.
+        READ_BUF.with_borrow_mut(|buffer| tls.process(buffer, 0, &mut take, &mut request))?;
         loop {
-            let UnbufferedStatus { discard, state } = connection.process_tls_records(&mut incoming);
-            let mut read_more = false;
-            let mut sent_request = false;
-            match state.map_err(tls_error)? {
-                ConnectionState::EncodeTlsData(mut data) => encode(&mut data, &mut outgoing)?,
-                ConnectionState::TransmitTlsData(data) => {
-                    socket.write_all(&outgoing).await?;
-                    outgoing.clear();
-                    data.done();
-                }
-                ConnectionState::BlockedHandshake => read_more = true,
-                ConnectionState::WriteTraffic(mut traffic) => {
-                    let at = outgoing.len();
-                    let needed = match traffic.encrypt(request, &mut []) {
-                        Err(EncryptError::InsufficientSize(InsufficientSizeError {
-                            required_size,
-                        })) => required_size,
-                        Ok(_) => 0,
-                        Err(e) => return Err(tls_error(e)),
-                    };
-                    outgoing.resize(at + needed, 0);
-                    let written = traffic
-                        .encrypt(request, &mut outgoing[at..])
-                        .map_err(tls_error)?;
-                    outgoing.truncate(at + written);
-                    socket.write_all(&outgoing).await?;
-                    sent_request = true;
-                }
-                ConnectionState::PeerClosed | ConnectionState::Closed => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the server closed the connection during the TLS handshake",
-                    ))
-                }
-                other => {
+            tls.send_outgoing().await?;
+            if request.is_none() {
+                return Ok(tls);
+            }
+            if tls.closed {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection during the TLS handshake",
+                ));
+            }
+            tls.socket.readable().await?;
+            let read = READ_BUF
+                .with_borrow_mut(|buffer| tls.read_and_process(buffer, &mut take, &mut request));
+            match read {
+                Some(Ok(0)) | None => {}
+                Some(Ok(_)) => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        format!("unexpected TLS state during the handshake: {other:?}"),
+                        "the server sent data before the request",
                     ))
                 }
-            }
-            incoming.drain(..discard);
-            if sent_request {
-                return Ok(TlsSocket {
-                    socket,
-                    connection,
-                    held: incoming,
-                    outgoing: Vec::new(),
-                    closed: false,
-                });
-            }
-            if read_more {
-                incoming.reserve(MIN_READ);
-                if socket.read_buf(&mut incoming).await? == 0 {
+                Some(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the server closed the connection during the TLS handshake",
-                    ));
+                    ))
                 }
+                Some(Err(e)) => return Err(e),
             }
         }
     }
@@ -190,33 +172,42 @@ impl TlsSocket {
     /// it could be an attacker cutting the body short).
     pub async fn read(&mut self, take: &mut impl FnMut(&[u8]) -> bool) -> io::Result<usize> {
         loop {
-            if !self.outgoing.is_empty() {
-                self.socket.write_all(&self.outgoing).await?;
-                self.outgoing = Vec::new();
-            }
+            self.send_outgoing().await?;
             if self.closed {
                 return Ok(0);
             }
             self.socket.readable().await?;
-            if let Some(read) = READ_BUF.with_borrow_mut(|buffer| self.read_records(buffer, take)) {
+            let read =
+                READ_BUF.with_borrow_mut(|buffer| self.read_and_process(buffer, take, &mut None));
+            if let Some(read) = read {
                 return read;
             }
         }
     }
 
+    /// Sends what rustls has queued (handshake messages, the encrypted
+    /// request, a key update's answer).
+    async fn send_outgoing(&mut self) -> io::Result<()> {
+        if !self.outgoing.is_empty() {
+            self.socket.write_all(&self.outgoing).await?;
+            self.outgoing = Vec::new();
+        }
+        Ok(())
+    }
+
     /// One read off the socket into `buffer`, behind the held bytes, and
-    /// the records it completes. `None`: nothing for `take` yet (a spurious
+    /// what they complete. `None`: nothing for `take` yet (a spurious
     /// wake-up, or only part of a record).
-    fn read_records(
+    fn read_and_process(
         &mut self,
         buffer: &mut Vec<u8>,
         take: &mut impl FnMut(&[u8]) -> bool,
+        request: &mut Option<&[u8]>,
     ) -> Option<io::Result<usize>> {
         let held = self.held.len();
         if buffer.len() < held + MIN_READ {
             buffer.resize(held + MIN_READ, 0);
         }
-        buffer[..held].copy_from_slice(&self.held);
         let read = match self.socket.try_read(&mut buffer[held..]) {
             Ok(0) => {
                 return Some(Err(io::Error::new(
@@ -228,6 +219,29 @@ impl TlsSocket {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
             Err(e) => return Some(Err(e)),
         };
+        match self.process(buffer, read, take, request) {
+            Err(e) => Some(Err(e)),
+            Ok(true) => Some(Ok(read)),
+            Ok(false) if self.closed => Some(Ok(0)),
+            Ok(false) => None,
+        }
+    }
+
+    /// Feeds rustls the held bytes and the `read` bytes behind them in
+    /// `buffer` (where the held ones are copied first): application data goes
+    /// to `take`, what rustls has to send to `outgoing` (with `request`,
+    /// taken, once the handshake allows it), and what no record completes
+    /// yet back to `held`. Returns whether `take` got anything.
+    fn process(
+        &mut self,
+        buffer: &mut [u8],
+        read: usize,
+        take: &mut impl FnMut(&[u8]) -> bool,
+        request: &mut Option<&[u8]>,
+    ) -> io::Result<bool> {
+        let held = self.held.len();
+        // The new bytes were read behind the held ones' place.
+        buffer[..held].copy_from_slice(&self.held);
         let filled = held + read;
         let mut start = 0;
         let mut delivered = false;
@@ -236,14 +250,11 @@ impl TlsSocket {
             let UnbufferedStatus { mut discard, state } = self
                 .connection
                 .process_tls_records(&mut buffer[start..filled]);
-            match state {
-                Err(e) => return Some(Err(tls_error(e))),
-                Ok(ConnectionState::ReadTraffic(mut records)) => {
+            let mut more = true;
+            match state.map_err(tls_error)? {
+                ConnectionState::ReadTraffic(mut records) => {
                     while let Some(record) = records.next_record() {
-                        let record = match record {
-                            Ok(record) => record,
-                            Err(e) => return Some(Err(tls_error(e))),
-                        };
+                        let record = record.map_err(tls_error)?;
                         discard += record.discard;
                         delivered = true;
                         if taking {
@@ -251,22 +262,24 @@ impl TlsSocket {
                         }
                     }
                 }
-                Ok(ConnectionState::EncodeTlsData(mut data)) => {
-                    if let Err(e) = encode(&mut data, &mut self.outgoing) {
-                        return Some(Err(e));
+                ConnectionState::EncodeTlsData(mut data) => encode(&mut data, &mut self.outgoing)?,
+                // Sent by the caller before it waits again.
+                ConnectionState::TransmitTlsData(data) => data.done(),
+                ConnectionState::WriteTraffic(mut traffic) => {
+                    if let Some(request) = request.take() {
+                        encrypt(&mut traffic, request, &mut self.outgoing)?;
                     }
+                    // Nothing more in these bytes: the rest needs the next read.
+                    more = false;
                 }
-                // Sent by `read` before it waits again.
-                Ok(ConnectionState::TransmitTlsData(data)) => data.done(),
-                Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => self.closed = true,
-                // Nothing more in these bytes: the rest needs the next read.
-                Ok(_) => {
-                    start += discard;
-                    break;
+                ConnectionState::PeerClosed | ConnectionState::Closed => {
+                    self.closed = true;
+                    more = false;
                 }
+                _ => more = false,
             }
             start += discard;
-            if self.closed && !delivered {
+            if !more {
                 break;
             }
         }
@@ -276,14 +289,30 @@ impl TlsSocket {
         } else {
             buffer[start..filled].to_vec()
         };
-        if delivered {
-            Some(Ok(read))
-        } else if self.closed {
-            Some(Ok(0))
-        } else {
-            None
-        }
+        Ok(delivered)
     }
+}
+
+/// Appends `plaintext`, encrypted, to `outgoing`.
+fn encrypt(
+    traffic: &mut WriteTraffic<'_, ClientConnectionData>,
+    plaintext: &[u8],
+    outgoing: &mut Vec<u8>,
+) -> io::Result<()> {
+    let at = outgoing.len();
+    let needed = match traffic.encrypt(plaintext, &mut []) {
+        Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
+            required_size
+        }
+        Ok(_) => return Ok(()),
+        Err(e) => return Err(tls_error(e)),
+    };
+    outgoing.resize(at + needed, 0);
+    let written = traffic
+        .encrypt(plaintext, &mut outgoing[at..])
+        .map_err(tls_error)?;
+    outgoing.truncate(at + written);
+    Ok(())
 }
 
 /// Appends the handshake bytes rustls has ready to `outgoing`.

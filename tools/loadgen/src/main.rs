@@ -22,6 +22,11 @@
 //!   has appeared prints `latency n=.. p50_us=.. p99_us=.. max_us=..` (server
 //!   write to record in the file, as seen by the poll) and exits.
 //!
+//! With `--tls-dir DIR`, it serves HTTPS instead: TLS 1.3 only, with the
+//! certificate and key in `DIR/cert.pem` and `DIR/key.pem`, made there (ECDSA
+//! P-256, for 127.0.0.1) if absent. The next generation on the same DIR keeps
+//! the certificate the client trusts through `ca_file = "DIR/cert.pem"`.
+//!
 //! Every request is logged to `--log` as `<ms since start> <path> <Last-Event-ID or ->`.
 //! It stops by itself after `--exit-after` (and on SIGTERM/SIGINT).
 //! Only loopback addresses are accepted for `--addr`.
@@ -37,8 +42,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::rustls;
 
 #[derive(Parser, Clone)]
 struct Args {
@@ -78,6 +84,33 @@ struct Args {
     /// Stop after this many seconds whatever happens.
     #[arg(long, default_value_t = 600.0)]
     exit_after: f64,
+    /// Serve HTTPS with DIR/cert.pem and DIR/key.pem (made if absent).
+    #[arg(long)]
+    tls_dir: Option<std::path::PathBuf>,
+}
+
+/// TLS 1.3 with the certificate in `dir` (made there first if absent: ECDSA
+/// P-256, for 127.0.0.1).
+fn tls_acceptor(dir: &std::path::Path) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if !cert_path.exists() {
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
+            .expect("a certificate");
+        std::fs::write(&key_path, certified.signing_key.serialize_pem()).expect("write the key");
+        std::fs::write(&cert_path, certified.cert.pem()).expect("write the certificate");
+    }
+    let cert = rustls::pki_types::CertificateDer::from_pem_file(&cert_path).expect("cert.pem");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key_path).expect("key.pem");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("TLS 1.3")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .expect("the certificate and key");
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 struct Server {
@@ -149,6 +182,8 @@ fn frame(body: &[u8], size: usize) -> Bytes {
 }
 
 async fn serve(server: Arc<Server>) {
+    // Before "listening": the certificate file is there once a client is told to connect.
+    let tls = server.args.tls_dir.as_deref().map(tls_acceptor);
     let listener = TcpListener::bind(server.args.addr).await.expect("bind");
     println!("listening {}", listener.local_addr().unwrap());
     let _ = std::io::stdout().flush();
@@ -170,7 +205,17 @@ async fn serve(server: Arc<Server>) {
             accepted = listener.accept() => {
                 let Ok((socket, _)) = accepted else { continue };
                 let _ = socket.set_nodelay(true);
-                tokio::spawn(handle(server.clone(), socket));
+                let server = server.clone();
+                match tls.clone() {
+                    None => { tokio::spawn(handle(server, socket)); }
+                    Some(acceptor) => {
+                        tokio::spawn(async move {
+                            if let Ok(socket) = acceptor.accept(socket).await {
+                                handle(server, socket).await;
+                            }
+                        });
+                    }
+                }
             }
         }
     }
@@ -190,7 +235,13 @@ fn parse_head(head: &[u8]) -> Option<(String, Option<String>)> {
     Some((path.to_owned(), last_id))
 }
 
-async fn handle(server: Arc<Server>, mut socket: TcpStream) {
+/// Writes `bytes` and pushes them out (through TLS too).
+async fn send<S: AsyncWrite + Unpin>(socket: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+    socket.write_all(bytes).await?;
+    socket.flush().await
+}
+
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Server>, mut socket: S) {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -216,9 +267,11 @@ async fn handle(server: Arc<Server>, mut socket: TcpStream) {
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n";
     if let Some(name) = path.strip_prefix("/corpus/") {
         let Some((body, served)) = server.corpora.get(name) else {
-            let _ = socket
-                .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
-                .await;
+            let _ = send(
+                &mut socket,
+                b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+            )
+            .await;
             return;
         };
         let first = {
@@ -227,11 +280,11 @@ async fn handle(server: Arc<Server>, mut socket: TcpStream) {
             *served == 1
         };
         if server.args.once && !first {
-            let _ = socket.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+            let _ = send(&mut socket, b"HTTP/1.1 204 No Content\r\n\r\n").await;
             return;
         }
-        if socket.write_all(OK).await.is_ok() {
-            let _ = socket.write_all(body).await;
+        if send(&mut socket, OK).await.is_ok() {
+            let _ = send(&mut socket, body).await;
         }
         let _ = socket.shutdown().await;
     } else if path == "/paced" {
@@ -241,10 +294,10 @@ async fn handle(server: Arc<Server>, mut socket: TcpStream) {
             *served == 1
         };
         if !first {
-            let _ = socket.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+            let _ = send(&mut socket, b"HTTP/1.1 204 No Content\r\n\r\n").await;
             return;
         }
-        if socket.write_all(OK).await.is_err() {
+        if send(&mut socket, OK).await.is_err() {
             return;
         }
         let rate = server.args.paced_rate.max(1);
@@ -252,18 +305,20 @@ async fn handle(server: Arc<Server>, mut socket: TcpStream) {
         for i in 0..rate * server.args.paced_secs {
             tokio::time::sleep_until(start + Duration::from_micros(i * 1_000_000 / rate)).await;
             let event = format!("id: {i}\ndata: {{\"sent_us\":{}}}\n\n", unix_micros());
-            if socket.write_all(&chunk(event.as_bytes())).await.is_err() {
+            if send(&mut socket, &chunk(event.as_bytes())).await.is_err() {
                 return;
             }
         }
-        let _ = socket.write_all(b"0\r\n\r\n").await;
+        let _ = send(&mut socket, b"0\r\n\r\n").await;
         let _ = socket.shutdown().await;
     } else if let Some(key) = path.strip_prefix("/idle/") {
         idle(&server, socket, key, OK).await;
     } else {
-        let _ = socket
-            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
-            .await;
+        let _ = send(
+            &mut socket,
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+        )
+        .await;
     }
 }
 
@@ -281,11 +336,16 @@ fn chunk(payload: &[u8]) -> Vec<u8> {
     out
 }
 
-async fn idle(server: &Server, mut socket: TcpStream, key: &str, ok: &[u8]) {
+async fn idle<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &Server,
+    mut socket: S,
+    key: &str,
+    ok: &[u8],
+) {
     let args = &server.args;
     let event = format!("id: {key}-{}\ndata: hello {key}\n\n", args.generation);
-    if socket.write_all(ok).await.is_err()
-        || socket.write_all(&chunk(event.as_bytes())).await.is_err()
+    if send(&mut socket, ok).await.is_err()
+        || send(&mut socket, &chunk(event.as_bytes())).await.is_err()
     {
         return;
     }
@@ -311,7 +371,7 @@ async fn idle(server: &Server, mut socket: TcpStream, key: &str, ok: &[u8]) {
     loop {
         tokio::select! {
             _ = beat.tick() => {
-                if socket.write_all(&chunk(b":\n")).await.is_err() {
+                if send(&mut socket, &chunk(b":\n")).await.is_err() {
                     return;
                 }
             }
