@@ -110,21 +110,24 @@ for corpus in ["small", "large"]:
             + (f" ({curl_file / relay * 100:.0f}% of curl writing a file)" if curl_file else ""))
     row(f"peak RSS, one stream ({corpus})", f"{rss / 1024:.1f} MiB", "<= 20 MiB", ok(rss <= 20 * 1024))
 
-if med("scale.rss_kib") is not None:
-    n = med("scale.connected")
-    rss = med("scale.rss_kib")
-    row("scale: streams connected", f"{n:.0f}")
-    row("scale: total RSS", f"{rss / 1024:.1f} MiB ({rss / max(n, 1):.1f} KiB a stream)",
-        "<= 100 MiB", ok(rss <= 100 * 1024))
-    cpu_pct = med("scale.idle_cpu_pct")
-    row("scale: idle CPU", f"{cpu_pct:.2f}% of one core", "< 5%", ok(cpu_pct < 5))
-    if med("scale.reconnected") is not None:
-        row("scale: reconnect after server restart",
-            f"{med('scale.reconnected'):.0f} reconnected; spread p0 {med('scale.reconnect_p0_s'):.2f}s, "
-            f"p50 {med('scale.reconnect_p50_s'):.2f}s, p99 {med('scale.reconnect_p99_s'):.2f}s, "
-            f"max {med('scale.reconnect_p100_s'):.2f}s", "all, jittered", "")
-        row("scale: resumed with their Last-Event-ID", f"{med('scale.resumed'):.0f} of {n:.0f}",
-            "all", ok(med("scale.resumed") >= n))
+for scheme, rss_target in [("http", 100), ("https", 128)]:
+    key = f"scale.{scheme}"
+    if med(f"{key}.rss_kib") is None:
+        continue
+    n = med(f"{key}.connected")
+    rss = med(f"{key}.rss_kib")
+    row(f"scale ({scheme}): streams connected", f"{n:.0f}")
+    row(f"scale ({scheme}): total RSS", f"{rss / 1024:.1f} MiB ({rss / max(n, 1):.1f} KiB a stream)",
+        f"<= {rss_target} MiB", ok(rss <= rss_target * 1024))
+    cpu_pct = med(f"{key}.idle_cpu_pct")
+    row(f"scale ({scheme}): idle CPU", f"{cpu_pct:.2f}% of one core", "< 1%", ok(cpu_pct < 1))
+    if med(f"{key}.reconnected") is not None:
+        row(f"scale ({scheme}): reconnect after server restart",
+            f"{med(f'{key}.reconnected'):.0f} reconnected; spread p0 {med(f'{key}.reconnect_p0_s'):.2f}s, "
+            f"p50 {med(f'{key}.reconnect_p50_s'):.2f}s, p99 {med(f'{key}.reconnect_p99_s'):.2f}s, "
+            f"max {med(f'{key}.reconnect_p100_s'):.2f}s", "all, jittered", "")
+        row(f"scale ({scheme}): resumed with their Last-Event-ID", f"{med(f'{key}.resumed'):.0f} of {n:.0f}",
+            "all", ok(med(f"{key}.resumed") >= n))
 
 if med("latency.p99_us") is not None:
     p99 = med("latency.p99_us")

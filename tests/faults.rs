@@ -217,6 +217,37 @@ async fn headers_without_body_bytes_hit_the_idle_timeout() {
     );
 }
 
+#[tokio::test]
+async fn traffic_more_often_than_idle_timeout_keeps_the_stream_until_it_stops() {
+    // An event, then a comment every 100 ms for 1.2 s (four times the
+    // idle_timeout in all), then silence.
+    let mut writes = vec![numbered(1, 1)];
+    writes.extend(std::iter::repeat_n(b":\n".to_vec(), 12));
+    let server = TestServer::start(move |n, _| match n {
+        0 => Reply::events(writes.clone())
+            .pause(Duration::from_millis(100))
+            .ending(Ending::Hold(Duration::from_secs(30))),
+        1 => Reply::events([numbered(2, 2)]),
+        _ => Reply::status(204),
+    })
+    .await;
+    let mut relay = Relay::start(&server.url("/"), "idle_timeout = \"300ms\"");
+    let log = relay.wait_for_exit(WITHIN).await;
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3, "{log}");
+    let gap = requests[1].at - requests[0].at;
+    assert!(
+        gap >= Duration::from_millis(1200 + 300) && gap < Duration::from_millis(1200 + 2000),
+        "comments every 100 ms for 1.2 s, then idle_timeout 300ms: reconnected after {gap:?}"
+    );
+    assert_eq!(relay.ids(), ["1", "2"]);
+    assert_eq!(
+        log_lines(&log, "(idle_timeout)").len(),
+        1,
+        "one idle timeout, after the comments stopped: {log}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Odd framing
 // ---------------------------------------------------------------------------

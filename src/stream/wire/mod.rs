@@ -72,6 +72,30 @@ fn proxy_in_environment(scheme: &str) -> bool {
         .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
 }
 
+/// Reads what `socket` has into `buffer`, as `try_read` does. A read that
+/// leaves room in the buffer emptied the socket, so its readiness is cleared
+/// then as after a `WouldBlock`: the next wait goes to epoll at once, instead
+/// of one more `recv` (per heartbeat, at 10,000 streams) only to learn that.
+/// Safe with edge-triggered readiness: bytes arriving after this read are a
+/// new edge, tokio clears only if no new one came in between, and an end of
+/// input stays flagged (tokio never clears "read closed").
+fn read_ready(socket: &TcpStream, buffer: &mut [u8]) -> io::Result<usize> {
+    use std::io::Read as _;
+    let mut short = None;
+    let read = socket.try_io(tokio::io::Interest::READABLE, || {
+        let n = (&*socket2::SockRef::from(socket)).read(buffer)?;
+        if n > 0 && n < buffer.len() {
+            short = Some(n);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match (read, short) {
+        (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
+        (read, _) => read,
+    }
+}
+
 /// How an attempt failed, in the words the stream logs.
 #[derive(Debug)]
 pub enum WireError {
@@ -170,7 +194,7 @@ impl Transport {
             Transport::Tls(tls) => tls.read(take).await,
             Transport::Plain(socket) => loop {
                 socket.readable().await?;
-                let read = READ_BUF.with_borrow_mut(|buffer| match socket.try_read(buffer) {
+                let read = READ_BUF.with_borrow_mut(|buffer| match read_ready(socket, buffer) {
                     Ok(n) => {
                         if n > 0 {
                             take(&buffer[..n]);
@@ -691,6 +715,58 @@ mod tests {
         assert!(!eligible(&url("http://example.com/"), true, None));
         assert!(!eligible(&url("http://u:p@example.com/"), false, None));
         assert!(!eligible(&url("ftp://example.com/"), false, Some(&tls)));
+    }
+
+    #[tokio::test]
+    async fn a_short_read_waits_for_the_next_edge_and_never_misses_the_end() {
+        use tokio::io::AsyncWriteExt;
+        use tokio::time::{timeout, Duration};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut buffer = vec![0; 64];
+        client.write_all(b"hello").await.unwrap();
+        server.readable().await.unwrap();
+        assert_eq!(read_ready(&server, &mut buffer).unwrap(), 5);
+        // Emptied: no readiness until more bytes come.
+        assert!(timeout(Duration::from_millis(50), server.readable())
+            .await
+            .is_err());
+        client.write_all(b"world").await.unwrap();
+        timeout(Duration::from_secs(5), server.readable())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read_ready(&server, &mut buffer).unwrap(), 5);
+        assert_eq!(&buffer[..5], b"world");
+        // Bytes and the end together: the end is still seen after the bytes.
+        client.write_all(b"last").await.unwrap();
+        client.shutdown().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        server.readable().await.unwrap();
+        assert_eq!(read_ready(&server, &mut buffer).unwrap(), 4);
+        timeout(Duration::from_secs(5), server.readable())
+            .await
+            .expect("the end of input keeps the socket readable")
+            .unwrap();
+        assert_eq!(read_ready(&server, &mut buffer).unwrap(), 0);
+        // A read that fills the buffer leaves the readiness alone.
+        let (mut client, server) = {
+            let client = TcpStream::connect(listener.local_addr().unwrap());
+            let (client, accepted) = tokio::join!(client, listener.accept());
+            (client.unwrap(), accepted.unwrap().0)
+        };
+        client.write_all(&[7; 100]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        server.readable().await.unwrap();
+        assert_eq!(read_ready(&server, &mut buffer).unwrap(), 64);
+        timeout(Duration::from_secs(5), server.readable())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read_ready(&server, &mut buffer).unwrap(), 36);
     }
 
     #[test]

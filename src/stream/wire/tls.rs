@@ -208,7 +208,7 @@ impl TlsSocket {
         if buffer.len() < held + MIN_READ {
             buffer.resize(held + MIN_READ, 0);
         }
-        let read = match self.socket.try_read(&mut buffer[held..]) {
+        let read = match super::read_ready(&self.socket, &mut buffer[held..]) {
             Ok(0) => {
                 return Some(Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
