@@ -628,3 +628,105 @@ fn utf8_lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     }
     String::from_utf8_lossy(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROOMY: Limits = Limits {
+        max_line_bytes: 1 << 20,
+        max_event_bytes: 1 << 20,
+    };
+
+    /// The events `chunks` give, as (type, data, id).
+    fn events(parser: &mut Parser, chunks: &[&[u8]]) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for chunk in chunks {
+            parser.feed_ref(chunk, &mut |e| {
+                out.push((e.event.to_owned(), e.data.to_owned(), e.id.to_owned()))
+            });
+        }
+        out
+    }
+
+    /// Runs `f` on another thread and ends the whole test process if it has not
+    /// finished within 10 s: a parser that loops must fail at once, not leave
+    /// the suite hanging until an outer timeout.
+    fn promptly<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(f());
+        });
+        match finished.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(value) => value,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                eprintln!("the parser did not finish within 10 s (a loop?)");
+                std::process::exit(101);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("the parser panicked (see above)")
+            }
+        }
+    }
+
+    #[test]
+    fn a_checkpointed_id_is_in_effect_until_the_stream_sets_another() {
+        let mut parser = Parser::new(ROOMY);
+        parser.set_last_event_id("42");
+        assert_eq!(parser.last_event_id(), "42");
+        let got = events(&mut parser, &[b"data: a\n\nid: 43\ndata: b\n\n"]);
+        assert_eq!(got[0].2, "42", "the first event carries the resumed id");
+        assert_eq!(got[1].2, "43");
+        assert_eq!(parser.last_event_id(), "43");
+    }
+
+    #[test]
+    fn every_line_ending_at_every_place_in_a_chunk_ends_its_line_once() {
+        let got = promptly(|| {
+            let mut all = Vec::new();
+            for ending in ["\r\n", "\r", "\n"] {
+                let body = format!("id: 1{ending}data: a{ending}{ending}data: b{ending}{ending}");
+                for split in 0..=body.len() {
+                    let (head, tail) = body.as_bytes().split_at(split);
+                    let mut parser = Parser::new(ROOMY);
+                    all.push(events(&mut parser, &[head, tail]));
+                }
+            }
+            all
+        });
+        for (n, got) in got.iter().enumerate() {
+            let data: Vec<&str> = got.iter().map(|e| e.1.as_str()).collect();
+            assert_eq!(data, ["a", "b"], "case {n}");
+            assert!(got.iter().all(|e| e.2 == "1"), "case {n}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn buffers_grown_for_one_huge_event_or_line_are_let_go_and_small_ones_kept() {
+        let mut parser = Parser::new(ROOMY);
+        // A small event and a small named line, each cut across two chunks:
+        // both buffers are used, and kept for the next one.
+        let got = events(&mut parser, &[b"event: ti", b"ck\ndata: sm", b"all\n\n"]);
+        assert_eq!(got, [("tick".into(), "small".into(), String::new())]);
+        assert!(parser.data.capacity() > 0, "a small data buffer is kept");
+        assert!(
+            parser.partial_line.capacity() > 0,
+            "a small line buffer is kept"
+        );
+        // A 100 KiB event type and 100 KiB of data, cut the same way.
+        let big = "x".repeat(100 << 10);
+        let (type_line, data_line) = (format!("event: {big}\n"), format!("data: {big}\n\n"));
+        let (t1, t2) = type_line.as_bytes().split_at(50 << 10);
+        let (d1, d2) = data_line.as_bytes().split_at(50 << 10);
+        let got = events(&mut parser, &[t1, t2, d1, d2]);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0.len(), big.len());
+        assert_eq!(got[0].1.len(), big.len());
+        assert_eq!(parser.data.capacity(), 0, "the huge data buffer is freed");
+        assert_eq!(
+            parser.partial_line.capacity(),
+            0,
+            "the huge line buffer is freed"
+        );
+    }
+}
