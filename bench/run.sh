@@ -142,12 +142,16 @@ PY
       record "e2e.$corpus.curl.seconds" "$run" "$csecs"
       # curl again, writing the body to a file as the relay writes its records.
       sync
-      curl -sN -o "$dir/curl.body" -w '%{time_total}\n' "http://$LG_ADDR/corpus/$corpus" >"$dir/curl-file"
+      /usr/bin/time -f '%e' -o "$dir/curl-file.time" \
+        curl -sN -o "$dir/curl.body" -w '%{time_total}\n' "http://$LG_ADDR/corpus/$corpus" >"$dir/curl-file"
       rm -f "$dir/curl.body"
       record "e2e.$corpus.curl_file.seconds" "$run" "$(cat "$dir/curl-file")"
+      record "e2e.$corpus.curl_file.process_seconds" "$run" "$(cat "$dir/curl-file.time")"
       record "e2e.$corpus.body_bytes" "$run" "$cbytes"
-      timeout 300 "$LDCLIENT" --events "$n" "http://$LG_ADDR/corpus/$corpus" >"$dir/ld"
+      /usr/bin/time -f '%e' -o "$dir/ld.time" \
+        timeout 300 "$LDCLIENT" --events "$n" "http://$LG_ADDR/corpus/$corpus" >"$dir/ld"
       record "e2e.$corpus.ld.seconds" "$run" "$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' "$dir/ld")"
+      record "e2e.$corpus.ld.process_seconds" "$run" "$(cat "$dir/ld.time")"
       kill "$LG_PID" 2>/dev/null || true
       wait "$LG_PID" 2>/dev/null || true
     done

@@ -108,6 +108,20 @@ for corpus in ["small", "large"]:
         row("end to end large (file sink)", text, ">= 50% of curl bytes/s",
             f"{curl / relay * 100:.0f}%: " + ok(curl / relay >= 0.5)
             + (f" ({curl_file / relay * 100:.0f}% of curl writing a file)" if curl_file else ""))
+    # Whole processes, as a user runs them: start to exit, each peer timed the
+    # same way (/usr/bin/time) in the same interleaved runs.
+    ld_process = med(f"e2e.{corpus}.ld.process_seconds")
+    curl_process = med(f"e2e.{corpus}.curl_file.process_seconds")
+    if corpus == "small" and ld_process:
+        row("whole process, small: events/s against launchdarkly's client",
+            f"sse-relay {n / process / 1e6:.2f}M/s ({process:.3f} s); launchdarkly "
+            f"{n / ld_process / 1e6:.2f}M/s ({ld_process:.3f} s)", ">= 2.5x",
+            f"{ld_process / process:.2f}x: " + ok(ld_process / process >= 2.5))
+    if corpus == "large" and curl_process:
+        row("whole process, large: bytes/s against curl -N writing a file",
+            f"sse-relay {body / process / 1e6:,.0f} MB/s ({process:.3f} s); curl "
+            f"{body / curl_process / 1e6:,.0f} MB/s ({curl_process:.3f} s)", ">= 0.9x",
+            f"{curl_process / process:.2f}x: " + ok(curl_process / process >= 0.9))
     row(f"peak RSS, one stream ({corpus})", f"{rss / 1024:.1f} MiB", "<= 20 MiB", ok(rss <= 20 * 1024))
 
 for scheme, rss_target in [("http", 100), ("https", 128)]:
