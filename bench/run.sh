@@ -2,7 +2,7 @@
 # Reproduces the README's Performance table on this machine, loopback only.
 #
 #   bench/run.sh              everything (parser, end to end, scale, latency): ~15 minutes
-#   bench/run.sh parser e2e   only some parts (parser | e2e | scale | latency)
+#   bench/run.sh parser e2e   only some parts (parser | e2e | scale | sinks | latency)
 #
 # Parts:
 #   parser  criterion (benches/parser.rs): sse-relay's parser against LaunchDarkly's
@@ -19,6 +19,11 @@
 #           the last connect; then the server restarts and every stream must
 #           reconnect (spread of reconnect times) and resume with the
 #           Last-Event-ID it had.
+#   sinks   the small corpus through a webhook sink (to tools/loadgen's receiver)
+#           and a NATS sink (to nats-server -js, memory storage), each against a
+#           raw client sending the same records in the same run (reqwest posting
+#           the same NDJSON batches; async-nats publishing with 256 acks in
+#           flight). Timed by the receiver and by JetStream's own timestamps.
 #   latency loadgen's /paced: RATE (default 1000) events/s for LATENCY_SECS
 #           (default 10) s, each stamped with its send time; loadgen follows
 #           the relay's output file (polling every 50 us) and reports p50/p99
@@ -36,7 +41,7 @@ SETTLE=${SETTLE:-30}
 SCALE_SCHEMES=${SCALE_SCHEMES:-http https}
 RATE=${RATE:-1000}
 LATENCY_SECS=${LATENCY_SECS:-10}
-PARTS=${*:-parser e2e scale latency}
+PARTS=${*:-parser e2e scale sinks latency}
 WORK=$(mktemp -d /tmp/sse-bench.XXXXXX)
 RESULTS=$WORK/results.tsv
 PIDS=()
@@ -240,6 +245,78 @@ EOF
 
 if [[ $PARTS == *scale* ]]; then
   for scheme in $SCALE_SCHEMES; do scale_run "$scheme"; done
+fi
+
+# Sink throughput: the small corpus (1M events) through a webhook sink and a
+# NATS sink, each against a raw client sending the same records (the NDJSON a
+# file sink writes for the corpus) to the same receiver, in the same run.
+if [[ $PARTS == *sinks* ]]; then
+  echo "== sinks: webhook and NATS, against raw clients"
+  dir=$WORK/sinks
+  mkdir -p "$dir"
+  n=$(events_of small)
+  RECEIVER=$ROOT/target/release/receiver
+  BASELINE=$ROOT/target/release/sink-baseline
+  # The records, once, from a file sink (the same JSON the other sinks send).
+  start_loadgen --corpora small --once --exit-after 300
+  printf 'data_dir = "%s/state0"\n[streams.bench]\nurl = "http://%s/corpus/small"\nbackoff_initial = "10ms"\n[sinks.file]\ntype = "file"\ninputs = ["*"]\npath = "%s/records.ndjson"\nencoding = "json"\nfsync = "never"\n' \
+    "$dir" "$LG_ADDR" "$dir" >"$dir/records.toml"
+  timeout 300 "$RELAY" run --config "$dir/records.toml" >"$dir/records.log" 2>&1
+  kill "$LG_PID" 2>/dev/null || true
+  wait "$LG_PID" 2>/dev/null || true
+  start_receiver() {
+    "$RECEIVER" --expect "$n" --exit-after 300 >"$dir/receiver.$1.out" 2>&1 &
+    RC_PID=$!
+    PIDS+=("$RC_PID")
+    for _ in $(seq 100); do grep -q '^listening' "$dir/receiver.$1.out" 2>/dev/null && break; sleep 0.1; done
+    RC_ADDR=$(awk '/^listening/ {print $2}' "$dir/receiver.$1.out")
+  }
+  received_seconds() { sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' "$dir/receiver.$1.out"; }
+  nats_ok=""
+  if command -v nats-server >/dev/null; then
+    nats_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$dir/js" >"$dir/nats.log" 2>&1 &
+    PIDS+=("$!")
+    for _ in $(seq 100); do "$BASELINE" nats-reset "nats://127.0.0.1:$nats_port" 2>/dev/null && nats_ok=1 && break; sleep 0.1; done
+  else
+    echo "  nats-server not installed (apt-get install nats-server): NATS part skipped"
+  fi
+  for run in $(seq "$RUNS"); do
+    # Webhook sink, then the raw client, to fresh receivers.
+    start_loadgen --corpora small --once --exit-after 300
+    start_receiver "relay-$run"
+    printf 'data_dir = "%s/state-w%s"\n[streams.bench]\nurl = "http://%s/corpus/small"\nbackoff_initial = "10ms"\n[sinks.hook]\ntype = "webhook"\ninputs = ["*"]\nurl = "http://%s/in"\nencoding = "ndjson"\n' \
+      "$dir" "$run" "$LG_ADDR" "$RC_ADDR" >"$dir/webhook.toml"
+    timeout 300 "$RELAY" run --config "$dir/webhook.toml" >"$dir/webhook.$run.log" 2>&1 || true
+    wait "$RC_PID" 2>/dev/null || true
+    record "sinks.webhook.relay.seconds" "$run" "$(received_seconds "relay-$run")"
+    kill "$LG_PID" 2>/dev/null || true
+    wait "$LG_PID" 2>/dev/null || true
+    start_receiver "raw-$run"
+    timeout 300 "$BASELINE" webhook "http://$RC_ADDR/in" "$dir/records.ndjson" || true
+    wait "$RC_PID" 2>/dev/null || true
+    record "sinks.webhook.raw.seconds" "$run" "$(received_seconds "raw-$run")"
+    if [ -n "$nats_ok" ]; then
+      server="nats://127.0.0.1:$nats_port"
+      "$BASELINE" nats-reset "$server"
+      start_loadgen --corpora small --once --exit-after 300
+      printf 'data_dir = "%s/state-n%s"\n[streams.bench]\nurl = "http://%s/corpus/small"\nbackoff_initial = "10ms"\n[sinks.js]\ntype = "nats"\ninputs = ["*"]\nurl = "%s"\nsubject = "bench.{stream}"\nstream = "BENCH"\n' \
+        "$dir" "$run" "$LG_ADDR" "$server" >"$dir/nats.toml"
+      timeout 300 "$RELAY" run --config "$dir/nats.toml" >"$dir/nats.$run.log" 2>&1 || true
+      kill "$LG_PID" 2>/dev/null || true
+      wait "$LG_PID" 2>/dev/null || true
+      report=$("$BASELINE" nats-report "$server")
+      echo "  nats sink: $report"
+      record "sinks.nats.relay.seconds" "$run" "$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<<"$report")"
+      record "sinks.nats.relay.stored" "$run" "$(sed -n 's/.*messages=\([0-9]*\).*/\1/p' <<<"$report")"
+      "$BASELINE" nats-reset "$server"
+      "$BASELINE" nats "$server" "$dir/records.ndjson" >/dev/null
+      report=$("$BASELINE" nats-report "$server")
+      echo "  raw async-nats: $report"
+      record "sinks.nats.raw.seconds" "$run" "$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<<"$report")"
+      record "sinks.nats.raw.stored" "$run" "$(sed -n 's/.*messages=\([0-9]*\).*/\1/p' <<<"$report")"
+    fi
+  done
 fi
 
 if [[ $PARTS == *latency* ]]; then

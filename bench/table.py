@@ -143,6 +143,17 @@ for scheme, rss_target in [("http", 100), ("https", 128)]:
         row(f"scale ({scheme}): resumed with their Last-Event-ID", f"{med(f'{key}.resumed'):.0f} of {n:.0f}",
             "all", ok(med(f"{key}.resumed") >= n))
 
+for sink, baseline in [("webhook", "reqwest posting the same NDJSON batches"),
+                       ("nats", "async-nats, 256 acks in flight")]:
+    ours, raw = med(f"sinks.{sink}.relay.seconds"), med(f"sinks.{sink}.raw.seconds")
+    if not ours or not raw:
+        continue
+    n = EVENTS["small"]
+    row(f"{sink} sink, small records, events/s",
+        f"sse-relay {n / ours / 1e3:,.0f}k/s ({ours:.2f} s); raw client {n / raw / 1e3:,.0f}k/s "
+        f"({raw:.2f} s, {baseline})", ">= 0.8x the raw client",
+        f"{raw / ours:.2f}x: " + ok(raw / ours >= 0.8))
+
 if med("latency.p99_us") is not None:
     p99 = med("latency.p99_us")
     row("latency, server write -> record in file (1,000 events/s, fsync never)",

@@ -16,8 +16,8 @@ use crate::http::{basic_auth, decode, with_tls, ClientError, TlsError};
 #[derive(Clone)]
 pub struct Clients {
     pub reqwest: Client,
-    /// For `https://` through the lean client; `None` with `http2` or
-    /// `tls_insecure`, which stay with reqwest.
+    /// For `https://` through the lean client; `None` for `http://` streams
+    /// and with `http2` or `tls_insecure`, which stay with reqwest.
     pub lean_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
@@ -51,6 +51,7 @@ pub fn build_client(config: &StreamConfig) -> Result<Clients, ClientError> {
         connect_timeout: config.connect_timeout,
         ca_pem,
         tls_insecure: config.tls_insecure,
+        https: config.url.scheme() == "https",
     };
     static SHARED: OnceLock<Mutex<HashMap<ClientKey, Clients>>> = OnceLock::new();
     let mut shared = SHARED
@@ -61,8 +62,11 @@ pub fn build_client(config: &StreamConfig) -> Result<Clients, ClientError> {
         return Ok(clients.clone());
     }
     let reqwest = new_client(config)?;
+    // Only for https:// streams: building it reads the system's roots, which a
+    // plain stream would wait for at start-up for nothing (a redirect from
+    // http to https goes through reqwest then).
     let lean_tls = match (&key.ca_pem, &config.ca_file) {
-        _ if config.tls_insecure => None,
+        _ if config.tls_insecure || !key.https => None,
         (Some(pem), Some(path)) => Some(wire::client_config(Some((path, pem)))?),
         _ => Some(wire::client_config(None)?),
     };
@@ -77,6 +81,8 @@ struct ClientKey {
     connect_timeout: Duration,
     ca_pem: Option<Vec<u8>>,
     tls_insecure: bool,
+    /// Whether the lean client's TLS settings come along.
+    https: bool,
 }
 
 fn new_client(config: &StreamConfig) -> Result<Client, ClientError> {
