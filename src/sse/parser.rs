@@ -323,7 +323,7 @@ impl Parser {
     /// that ends the chunk may be the first half of a CRLF: the next chunk says.
     #[inline]
     fn after_line_end<'c>(&mut self, chunk: &'c [u8], end: usize) -> &'c [u8] {
-        if chunk[end] == b'\r' {
+        let rest = if chunk[end] == b'\r' {
             match chunk.get(end + 1) {
                 Some(b'\n') => &chunk[end + 2..],
                 Some(_) => &chunk[end + 1..],
@@ -334,7 +334,13 @@ impl Parser {
             }
         } else {
             &chunk[end + 1..]
-        }
+        };
+        // The line loops rely on this to end: the rest starts past the ending.
+        debug_assert!(
+            rest.len() < chunk.len() - end,
+            "a line ending was not consumed"
+        );
+        rest
     }
 
     /// The chunk ends inside a line: keep what is needed of its start.
