@@ -65,11 +65,9 @@ pub fn build_client(config: &StreamConfig) -> Result<Clients, ClientError> {
     // Only for https:// streams: building it reads the system's roots, which a
     // plain stream would wait for at start-up for nothing (a redirect from
     // http to https goes through reqwest then).
-    let lean_tls = match (&key.ca_pem, &config.ca_file) {
-        _ if config.tls_insecure || !key.https => None,
-        (Some(pem), Some(path)) => Some(wire::client_config(Some((path, pem)))?),
-        _ => Some(wire::client_config(None)?),
-    };
+    let lean_tls = (key.https && !config.tls_insecure)
+        .then(|| wire::client_config(config.ca_file.as_deref().zip(key.ca_pem.as_deref())))
+        .transpose()?;
     let clients = Clients { reqwest, lean_tls };
     shared.insert(key, clients.clone());
     Ok(clients)

@@ -428,9 +428,10 @@ impl Stream {
         self.parser.start_connection();
         let events_before = self.parser.stats().events;
         let mut oversized_before = self.parser.stats().oversized_events;
-        // One timer for the whole body, moved only when it fires: resetting
-        // a timer on every read costs two timer-wheel operations a heartbeat
-        // (at 10,000 streams, hundreds a second for nothing).
+        // One timer for the whole body, moved only when it fires rather than
+        // on every read: two timer-wheel operations a read fewer (measured at
+        // 10,000 idle streams, a difference lost in the noise: 2.45% of a
+        // core against 2.3%; the wake-ups, not the timers, cost the CPU).
         let mut silence = IdleTimer::new(self.config.idle_timeout);
         let idle = tokio::time::sleep(self.config.idle_timeout);
         tokio::pin!(idle);

@@ -299,20 +299,16 @@ fn encrypt(
     plaintext: &[u8],
     outgoing: &mut Vec<u8>,
 ) -> io::Result<()> {
-    let at = outgoing.len();
-    let needed = match traffic.encrypt(plaintext, &mut []) {
-        Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
-            required_size
-        }
-        Ok(_) => return Ok(()),
-        Err(e) => return Err(tls_error(e)),
-    };
-    outgoing.resize(at + needed, 0);
-    let written = traffic
-        .encrypt(plaintext, &mut outgoing[at..])
-        .map_err(tls_error)?;
-    outgoing.truncate(at + written);
-    Ok(())
+    append(
+        outgoing,
+        |room| traffic.encrypt(plaintext, room),
+        |e| match e {
+            EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                Some(*required_size)
+            }
+            _ => None,
+        },
+    )
 }
 
 /// Appends the handshake bytes rustls has ready to `outgoing`.
@@ -320,18 +316,33 @@ fn encode(
     data: &mut EncodeTlsData<'_, ClientConnectionData>,
     outgoing: &mut Vec<u8>,
 ) -> io::Result<()> {
+    append(
+        outgoing,
+        |room| data.encode(room),
+        |e| match e {
+            EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                Some(*required_size)
+            }
+            _ => None,
+        },
+    )
+}
+
+/// Appends to `outgoing` what `write` puts in the room it is given. It is
+/// asked first with no room, which rustls answers with the size it needs
+/// (`needs` reads it from the error) and without consuming anything.
+fn append<E: std::fmt::Display>(
+    outgoing: &mut Vec<u8>,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
+    needs: impl Fn(&E) -> Option<usize>,
+) -> io::Result<()> {
     let at = outgoing.len();
-    let needed = match data.encode(&mut []) {
-        Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-            required_size
-        }
+    let needed = match write(&mut []) {
         Ok(_) => return Ok(()),
-        Err(e) => return Err(io::Error::other(e.to_string())),
+        Err(e) => needs(&e).ok_or_else(|| tls_error(e))?,
     };
     outgoing.resize(at + needed, 0);
-    let written = data
-        .encode(&mut outgoing[at..])
-        .map_err(|e| io::Error::other(e.to_string()))?;
+    let written = write(&mut outgoing[at..]).map_err(tls_error)?;
     outgoing.truncate(at + written);
     Ok(())
 }
