@@ -184,20 +184,11 @@ impl Files {
                 continue;
             }
             let file = open(&mut self.open, &self.sink, path, self.torn)?;
-            while *written < bytes.len() {
-                match file.write(&bytes[*written..]) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => *written += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        // Reopen on the retry: the handle may be what is broken.
-                        // Reopening cuts a torn final line, so the retry must
-                        // start again from the beginning of that line.
-                        self.open.remove(path.as_path());
-                        *written = memchr::memrchr(b'\n', &bytes[..*written]).map_or(0, |i| i + 1);
-                        return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
-                    }
-                }
+            if let Err(e) = write_lines(file, bytes, written) {
+                // Reopen on the retry: the handle may be what is broken (and
+                // reopening cuts the torn line `write_lines` rewound past).
+                self.open.remove(path.as_path());
+                return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
             }
         }
         let written = match self.fsync {
@@ -267,6 +258,31 @@ impl Files {
     }
 }
 
+/// Writes `bytes[*written..]` (whole lines) to `file`, moving `written` as
+/// they go out. On a failure `written` goes back to the start of the line it
+/// stopped in: the caller reopens the file, which cuts that torn line, so the
+/// retry writes the line again whole and nothing before it twice.
+fn write_lines(file: &mut impl Write, bytes: &[u8], written: &mut usize) -> io::Result<()> {
+    debug_assert!(
+        bytes.is_empty() || bytes.ends_with(b"\n"),
+        "whole lines only"
+    );
+    while *written < bytes.len() {
+        let failed = match file.write(&bytes[*written..]) {
+            Ok(0) => io::ErrorKind::WriteZero.into(),
+            Ok(n) => {
+                *written += n;
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => e,
+        };
+        *written = memchr::memrchr(b'\n', &bytes[..*written]).map_or(0, |i| i + 1);
+        return Err(failed);
+    }
+    Ok(())
+}
+
 /// What a delivery counts against [`BATCH_BYTES`]: its data and id, which
 /// is close to its encoded size for text (exact sizes would cost a pass over
 /// the data).
@@ -327,4 +343,320 @@ pub(super) fn open_for_append(sink: &str, path: &Path, torn: TornTail) -> io::Re
         ),
     }
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::ack::AckTracker;
+    use crate::record::Records;
+    use crate::sink::queue::{Held, Selection};
+    use crate::sse::EventRef;
+
+    /// A delivery of `stream`'s events with these ids, data `d<id>`.
+    fn delivery(stream: &str, ids: &[&str]) -> Delivery {
+        let mut records = Records::new(Arc::from(stream), SystemTime::UNIX_EPOCH, 0);
+        for id in ids {
+            records.push(&EventRef {
+                event: "message",
+                data: &format!("d{id}"),
+                id,
+                retry: None,
+            });
+        }
+        Delivery {
+            records: Arc::new(records),
+            selection: Selection::Run(0..ids.len()),
+            first_seq: 1,
+            tracker: Arc::new(AckTracker::new(1, "")),
+            slot: 0,
+            held: Held::default(),
+        }
+    }
+
+    fn files(template: &Path, encoding: Encoding, fsync: FsyncPolicy) -> Files {
+        let sink = FileSink::new(
+            "archive",
+            template.to_str().unwrap(),
+            encoding,
+            fsync,
+            Duration::from_secs(1),
+            torn_tail(encoding, Limits::default(), 8),
+        );
+        *sink.files.unwrap()
+    }
+
+    fn data_lines(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_of_several_streams_goes_to_each_streams_file_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = files(
+            &dir.path().join("{stream}.log"),
+            Encoding::Data,
+            FsyncPolicy::Never,
+        );
+        let batch = [
+            delivery("a", &["1", "2"]),
+            delivery("b", &["1"]),
+            delivery("b", &["2"]),
+            delivery("a", &["3"]),
+        ];
+        assert_eq!(files.write(&batch).unwrap(), Written::Durable);
+        assert_eq!(data_lines(&dir.path().join("a.log")), ["d1", "d2", "d3"]);
+        assert_eq!(data_lines(&dir.path().join("b.log")), ["d1", "d2"]);
+        // The next batch appends, and the buffers of the last one are reused.
+        assert_eq!(files.spare.len(), 2);
+        files.write(&[delivery("b", &["3"])]).unwrap();
+        assert_eq!(data_lines(&dir.path().join("b.log")), ["d1", "d2", "d3"]);
+        assert_eq!(files.spare.len(), 2, "one taken, one given back");
+    }
+
+    #[test]
+    fn a_buffer_grown_by_a_huge_event_is_not_kept_for_the_next_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.log");
+        let mut files = files(&path, Encoding::Data, FsyncPolicy::Never);
+        let mut records = Records::new(Arc::from("s"), SystemTime::UNIX_EPOCH, 0);
+        let huge = "x".repeat(KEEP_BUFFER + 1);
+        records.push(&EventRef {
+            event: "message",
+            data: &huge,
+            id: "1",
+            retry: None,
+        });
+        let mut big = delivery("s", &[]);
+        big.records = Arc::new(records);
+        big.selection = Selection::Run(0..1);
+        files.write(&[big]).unwrap();
+        assert!(
+            files.spare.is_empty(),
+            "a {} MiB buffer kept",
+            KEEP_BUFFER >> 20
+        );
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            huge.len() as u64 + 1
+        );
+        // One just under the limit is kept.
+        let small = "y".repeat(KEEP_BUFFER / 4);
+        let mut records = Records::new(Arc::from("s"), SystemTime::UNIX_EPOCH, 0);
+        records.push(&EventRef {
+            event: "message",
+            data: &small,
+            id: "2",
+            retry: None,
+        });
+        let mut medium = delivery("s", &[]);
+        medium.records = Arc::new(records);
+        medium.selection = Selection::Run(0..1);
+        files.write(&[medium]).unwrap();
+        assert_eq!(files.spare.len(), 1);
+    }
+
+    #[test]
+    fn json_records_are_whole_lines_of_the_output_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let mut files = files(&path, Encoding::Json, FsyncPolicy::EveryBatch);
+        assert_eq!(
+            files.write(&[delivery("s", &["7"])]).unwrap(),
+            Written::Durable
+        );
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"stream\":\"s\",\"id\":\"7\",\"event\":\"message\",\"data\":\"d7\",\"received_at\":\"1970-01-01T00:00:00.000000Z\"}\n"
+        );
+    }
+
+    #[test]
+    fn the_interval_policy_acknowledges_after_the_sync_that_covers_the_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = files(
+            &dir.path().join("{stream}.log"),
+            Encoding::Data,
+            FsyncPolicy::Interval,
+        );
+        let written = files
+            .write(&[delivery("a", &["1"]), delivery("b", &["1"])])
+            .unwrap();
+        assert_eq!(written, Written::AwaitingSync);
+        assert_eq!(files.unsynced.len(), 2);
+        files.sync().unwrap();
+        assert!(files.unsynced.is_empty());
+        // Only the interval policy asks the runner for periodic syncs.
+        let sink = |fsync| {
+            FileSink::new(
+                "s",
+                "x",
+                Encoding::Data,
+                fsync,
+                Duration::from_secs(3),
+                torn_tail(Encoding::Data, Limits::default(), 1),
+            )
+        };
+        assert_eq!(
+            sink(FsyncPolicy::Interval).sync_interval(),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(sink(FsyncPolicy::Never).sync_interval(), None);
+        assert_eq!(sink(FsyncPolicy::EveryBatch).sync_interval(), None);
+    }
+
+    #[test]
+    fn a_reopen_after_logrotate_writes_to_a_new_file_at_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.log");
+        let mut sink = FileSink::new(
+            "s",
+            path.to_str().unwrap(),
+            Encoding::Data,
+            FsyncPolicy::Interval,
+            Duration::from_secs(1),
+            torn_tail(Encoding::Data, Limits::default(), 1),
+        );
+        let mut files = sink.files.take().unwrap();
+        files.write(&[delivery("s", &["1"])]).unwrap();
+        let rotated = dir.path().join("out.log.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        // Without a reopen the handle still writes to the moved file.
+        files.write(&[delivery("s", &["2"])]).unwrap();
+        sink.files = Some(files);
+        sink.reopen();
+        let mut files = sink.files.take().unwrap();
+        assert!(files.reopen_requested);
+        files.write(&[delivery("s", &["3"])]).unwrap();
+        assert!(!files.reopen_requested);
+        // What went to the old file was synced before it was let go.
+        assert!(files.unsynced.iter().all(|p| p == &path));
+        assert_eq!(data_lines(&rotated), ["d1", "d2"]);
+        assert_eq!(data_lines(&path), ["d3"]);
+    }
+
+    /// A writer that takes `room` bytes in pieces of at most `piece`, with an
+    /// interruption now and then, then fails with `error` (or writes 0).
+    struct Flaky {
+        out: Vec<u8>,
+        room: usize,
+        piece: usize,
+        calls: usize,
+        error: Option<io::ErrorKind>,
+    }
+
+    impl Write for Flaky {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.calls.is_multiple_of(3) {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let n = buf.len().min(self.piece).min(self.room);
+            if n == 0 && !buf.is_empty() {
+                return match self.error {
+                    Some(kind) => Err(kind.into()),
+                    None => Ok(0),
+                };
+            }
+            self.room -= n;
+            self.out.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_write_resumes_at_the_start_of_its_torn_line_at_every_byte() {
+        let bytes = b"first line\nsecond\nthird and last\n";
+        for error in [Some(io::ErrorKind::StorageFull), None] {
+            for room in 0..bytes.len() {
+                // The disk fills after `room` bytes; the reopened file has
+                // the torn line cut; then the retry finishes.
+                let mut disk = Flaky {
+                    out: Vec::new(),
+                    room,
+                    piece: 4,
+                    calls: 0,
+                    error,
+                };
+                let mut written = 0;
+                let failed = write_lines(&mut disk, bytes, &mut written).unwrap_err();
+                let kind = error.unwrap_or(io::ErrorKind::WriteZero);
+                assert_eq!(failed.kind(), kind, "room {room}");
+                assert!(written <= room, "room {room}");
+                assert!(
+                    written == 0 || bytes[written - 1] == b'\n',
+                    "room {room}: resumes mid-line at {written}"
+                );
+                let torn_cut = memchr::memrchr(b'\n', &disk.out).map_or(0, |i| i + 1);
+                assert_eq!(torn_cut, written, "room {room}");
+                disk.out.truncate(torn_cut);
+                disk.room = usize::MAX;
+                write_lines(&mut disk, bytes, &mut written).unwrap();
+                assert_eq!(written, bytes.len());
+                assert_eq!(disk.out, bytes, "room {room}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_largest_json_record_fits_the_torn_tail_bound_and_the_bound_is_tight() {
+        let limits = Limits {
+            max_line_bytes: 64,
+            max_event_bytes: 1000,
+        };
+        let name = "\u{1}".repeat(8);
+        let torn = torn_tail(Encoding::Json, limits, name.len());
+        assert_eq!(torn.prefix, b"{\"stream\":");
+        // Every byte a control character: each escaped as \u00XX.
+        let mut records = Records::new(Arc::from(name.as_str()), SystemTime::UNIX_EPOCH, 0);
+        let field = "\u{1}".repeat(limits.max_line_bytes);
+        records.push(&EventRef {
+            event: &field,
+            data: &"\u{1}".repeat(limits.max_event_bytes),
+            id: &field,
+            retry: None,
+        });
+        let mut line = Vec::new();
+        records.get(0).encode(Encoding::Json, &mut line);
+        let longest_tear = line.len() as u64 - 1;
+        assert!(longest_tear <= torn.max_bytes, "{longest_tear} > {torn:?}");
+        assert!(
+            torn.max_bytes - longest_tear < 64,
+            "{torn:?} for {longest_tear}"
+        );
+        // Data lines: any text, up to the largest event and its line end.
+        let torn = torn_tail(Encoding::Data, limits, name.len());
+        assert_eq!(torn.prefix, b"");
+        assert_eq!(torn.max_bytes, limits.max_event_bytes as u64 + 1);
+    }
+
+    #[test]
+    fn batches_count_data_and_id_bytes_and_hold_half_a_mib() {
+        let record = delivery("s", &["12345"]);
+        let record = record.records().next().unwrap();
+        assert_eq!(record_bytes(&record), "d12345".len() + "12345".len());
+        let sink = FileSink::new(
+            "s",
+            "x",
+            Encoding::Data,
+            FsyncPolicy::Never,
+            Duration::from_secs(1),
+            torn_tail(Encoding::Data, Limits::default(), 1),
+        );
+        assert_eq!(sink.size(&record), 11);
+        let batching = sink.batching();
+        assert_eq!(batching.max_bytes, BATCH_BYTES);
+        assert_eq!(batching.max_events, usize::MAX);
+    }
 }
