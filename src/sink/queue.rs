@@ -282,3 +282,175 @@ pub(crate) fn send_or_drop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::ack::AckTracker;
+    use crate::record::Records;
+    use crate::sse::EventRef;
+
+    /// A delivery of records whose data are these lengths, ids 1, 2, ...
+    fn delivery(data_lens: &[usize]) -> Delivery {
+        let mut records = Records::new(Arc::from("s"), SystemTime::UNIX_EPOCH, 0);
+        for (i, len) in data_lens.iter().enumerate() {
+            records.push(&EventRef {
+                event: "m",
+                data: &"x".repeat(*len),
+                id: &(i + 1).to_string(),
+                retry: None,
+            });
+        }
+        Delivery {
+            records: Arc::new(records),
+            selection: Selection::Run(0..data_lens.len()),
+            first_seq: 1,
+            tracker: Arc::new(AckTracker::new(1, "")),
+            slot: 0,
+            held: Held::default(),
+        }
+    }
+
+    fn ids(delivery: &Delivery) -> Vec<String> {
+        delivery.records().map(|r| r.id.to_owned()).collect()
+    }
+
+    #[test]
+    fn bounds_are_clamped_to_what_the_semaphores_and_counters_hold() {
+        // Documented default: 2 MiB of records per sink.
+        assert_eq!(DEFAULT_QUEUE_BYTES, 2 * 1024 * 1024);
+        let tiny = Budget::new(0, 0);
+        assert_eq!((tiny.free_bytes(), tiny.free_slots()), (1, 1));
+        let huge = Budget::new(usize::MAX, usize::MAX);
+        assert_eq!(huge.free_bytes(), u32::MAX as usize);
+        assert_eq!(huge.free_slots(), u32::MAX as usize >> 3);
+        // A queue size just past u32 must not wrap to a tiny queue.
+        let past_u32 = Budget::new(1 << 20, (u32::MAX as usize) + 2);
+        assert_eq!(past_u32.free_slots(), u32::MAX as usize >> 3);
+    }
+
+    #[test]
+    fn a_record_costs_its_text_and_overhead_capped_at_the_whole_budget() {
+        let budget = Budget::new(1000, 10);
+        assert_eq!(budget.cost(0), OVERHEAD as u32);
+        assert_eq!(budget.cost(100), 100 + OVERHEAD as u32);
+        assert_eq!(budget.cost(5000), 1000, "larger than the budget: all of it");
+    }
+
+    #[test]
+    fn fitting_takes_records_while_bytes_and_slots_last() {
+        let budget = Budget::new(1 << 20, 100);
+        let d = delivery(&[10, 20, 30]);
+        let costs: Vec<u32> = d.text_lens().map(|l| budget.cost(l)).collect();
+        let all: u32 = costs.iter().sum();
+        // Exactly enough bytes: all three.
+        assert_eq!(budget.fitting(&d, all, 3, false), (3, all));
+        // One byte short: the last does not fit.
+        assert_eq!(
+            budget.fitting(&d, all - 1, 3, false),
+            (2, costs[0] + costs[1])
+        );
+        // Slots bound it too.
+        assert_eq!(budget.fitting(&d, all, 1, false), (1, costs[0]));
+        assert_eq!(budget.fitting(&d, all, 0, false), (0, 0));
+        // Nothing fits: none, unless one must go anyway (alone).
+        assert_eq!(budget.fitting(&d, 1, 3, false), (0, 0));
+        assert_eq!(budget.fitting(&d, 1, 3, true), (1, costs[0]));
+        assert_eq!(budget.fitting(&d, 0, 0, true), (1, costs[0]));
+    }
+
+    #[test]
+    fn picked_selections_index_and_split_like_runs() {
+        let mut picked = Selection::Picked(vec![1, 4, 6]);
+        assert_eq!((picked.len(), picked.is_empty()), (3, false));
+        assert_eq!(picked.index(2), 6);
+        let rest = picked.split_off(1);
+        assert_eq!(picked, Selection::Picked(vec![1]));
+        assert_eq!(rest, Selection::Picked(vec![4, 6]));
+        assert_eq!(
+            Selection::Picked(vec![2]).split_off(5),
+            Selection::Picked(vec![])
+        );
+        let mut run = Selection::Run(3..7);
+        assert_eq!((run.len(), run.index(0), run.index(3)), (4, 3, 6));
+        assert_eq!(run.split_off(3), Selection::Run(6..7));
+        assert_eq!(run, Selection::Run(3..6));
+        assert_eq!(run.split_off(10), Selection::Run(6..6));
+        assert!(Selection::Run(6..6).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_send_holds_what_it_queued_until_taken_and_dropped() {
+        let budget = Budget::counting(1 << 20, 10, Gauge::default());
+        let (queue, mut rx) = mpsc::channel(4);
+        let d = delivery(&[10, 20]);
+        let cost: u32 = d.text_lens().map(|l| budget.cost(l)).sum();
+        send_waiting(&queue, &budget, d).await.unwrap();
+        assert_eq!(budget.unacknowledged.get(), 2);
+        assert_eq!(budget.free_slots(), 8);
+        assert_eq!(budget.free_bytes(), (1 << 20) - cost as usize);
+        let mut taken = rx.recv().await.unwrap();
+        taken.held.leave_queue();
+        taken.held.leave_queue();
+        assert_eq!(budget.free_slots(), 10, "slots given back once");
+        let tail = taken.split_off(1);
+        assert_eq!(
+            tail.held.bytes,
+            budget.cost(tail.text_lens().next().unwrap())
+        );
+        drop(taken);
+        assert_eq!(budget.free_bytes(), (1 << 20) - tail.held.bytes as usize);
+        drop(tail);
+        assert_eq!(budget.free_bytes(), 1 << 20);
+        // The sink is gone: the send says so, and holds nothing.
+        drop(rx);
+        assert!(send_waiting(&queue, &budget, delivery(&[1])).await.is_err());
+        assert_eq!((budget.free_bytes(), budget.free_slots()), (1 << 20, 10));
+    }
+
+    #[tokio::test]
+    async fn a_record_larger_than_the_budget_passes_alone() {
+        let budget = Budget::new(100, 10);
+        let (queue, mut rx) = mpsc::channel(4);
+        let sending = {
+            let budget = budget.clone();
+            tokio::spawn(async move { send_waiting(&queue, &budget, delivery(&[500, 5])).await })
+        };
+        let first = rx.recv().await.unwrap();
+        assert_eq!(ids(&first), ["1"]);
+        assert_eq!(budget.free_bytes(), 0);
+        drop(first);
+        let second = rx.recv().await.unwrap();
+        assert_eq!(ids(&second), ["2"]);
+        sending.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn drop_newest_queues_what_fits_and_gives_back_what_it_could_not_queue() {
+        let budget = Budget::counting(1 << 20, 3, Gauge::default());
+        let (queue, mut rx) = mpsc::channel(1);
+        // Room for three of five records: two dropped.
+        assert_eq!(send_or_drop(&queue, &budget, delivery(&[1; 5])).unwrap(), 2);
+        assert_eq!(budget.unacknowledged.get(), 3);
+        assert_eq!(budget.free_slots(), 0);
+        // No slot: all dropped, nothing held.
+        let free = budget.free_bytes();
+        assert_eq!(send_or_drop(&queue, &budget, delivery(&[1; 2])).unwrap(), 2);
+        assert_eq!(budget.free_bytes(), free);
+        // Slots free again, but the channel is full: all dropped, the gauge
+        // and the budget as they were.
+        rx.try_recv().unwrap().held.leave_queue();
+        let again = delivery(&[1; 2]);
+        assert_eq!(send_or_drop(&queue, &budget, again).unwrap(), 0);
+        let before = (budget.free_bytes(), budget.free_slots());
+        assert_eq!(send_or_drop(&queue, &budget, delivery(&[1])).unwrap(), 1);
+        assert_eq!((budget.free_bytes(), budget.free_slots()), before);
+        assert_eq!(budget.unacknowledged.get(), 5);
+        // The sink is gone.
+        drop(rx);
+        assert!(send_or_drop(&queue, &budget, delivery(&[1])).is_err());
+        assert_eq!(budget.unacknowledged.get(), 5);
+    }
+}
