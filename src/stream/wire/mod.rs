@@ -62,6 +62,12 @@ pub fn eligible(url: &Url, http2: bool, tls: Option<&Arc<rustls::ClientConfig>>)
 /// reqwest would route through a proxy named in the environment (and knows
 /// `NO_PROXY`); leave those streams to it.
 fn proxy_in_environment(scheme: &str) -> bool {
+    proxy_named(scheme, |name| std::env::var_os(name))
+}
+
+/// Whether `variable` names a proxy for `scheme` in one of the variables
+/// reqwest reads (a variable set but empty names none).
+fn proxy_named(scheme: &str, variable: impl Fn(&str) -> Option<std::ffi::OsString>) -> bool {
     let names: &[&str] = if scheme == "https" {
         &["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"]
     } else {
@@ -69,7 +75,7 @@ fn proxy_in_environment(scheme: &str) -> bool {
     };
     names
         .iter()
-        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+        .any(|name| variable(name).is_some_and(|v| !v.is_empty()))
 }
 
 /// Reads what `socket` has into `buffer`, as `try_read` does. A read that
@@ -715,6 +721,195 @@ mod tests {
         assert!(!eligible(&url("http://example.com/"), true, None));
         assert!(!eligible(&url("http://u:p@example.com/"), false, None));
         assert!(!eligible(&url("ftp://example.com/"), false, Some(&tls)));
+    }
+
+    #[test]
+    fn a_proxy_is_whatever_reqwest_would_read_for_the_scheme() {
+        let only = |set: &'static str, value: &'static str| {
+            move |name: &str| (name == set).then(|| std::ffi::OsString::from(value))
+        };
+        assert!(proxy_named("https", only("HTTPS_PROXY", "http://p:3128")));
+        assert!(proxy_named("https", only("https_proxy", "http://p:3128")));
+        assert!(!proxy_named("https", only("HTTP_PROXY", "http://p:3128")));
+        assert!(proxy_named("http", only("http_proxy", "http://p:3128")));
+        assert!(!proxy_named("http", only("HTTPS_PROXY", "http://p:3128")));
+        assert!(proxy_named("http", only("ALL_PROXY", "socks5://p")));
+        assert!(proxy_named("https", only("all_proxy", "socks5://p")));
+        assert!(
+            !proxy_named("http", only("HTTP_PROXY", "")),
+            "set but empty"
+        );
+        assert!(!proxy_named("http", |_: &str| None));
+    }
+
+    #[test]
+    fn a_url_with_either_half_of_user_info_is_left_to_reqwest() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        if proxy_in_environment("http") {
+            return; // every http:// stream goes to reqwest then
+        }
+        assert!(!eligible(&url("http://u@example.com/"), false, None));
+        assert!(!eligible(&url("http://:p@example.com/"), false, None));
+    }
+
+    #[test]
+    fn errors_name_the_reconnect_reason_and_what_failed() {
+        let (kind, text) =
+            WireError::Connect(io::Error::from(io::ErrorKind::ConnectionRefused)).describe();
+        assert_eq!(kind, "connect_error");
+        assert!(text.starts_with("connect error: "), "{text}");
+        let (kind, text) = WireError::Request("no head".into()).describe();
+        assert_eq!(
+            (kind, text.as_str()),
+            ("request_error", "request error: no head")
+        );
+        let (kind, text) = WireError::Body("cut".into()).describe();
+        assert_eq!(
+            (kind, text.as_str()),
+            ("body_error", "error reading the body: cut")
+        );
+    }
+
+    #[test]
+    fn response_heads_parse_skip_1xx_and_are_bounded() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata";
+        match parse_head(head).unwrap() {
+            Head::Final {
+                status,
+                headers,
+                length,
+            } => {
+                assert_eq!(status, StatusCode::OK);
+                assert_eq!(headers["content-type"], "text/event-stream");
+                assert_eq!(length, head.len() - 4);
+            }
+            other => panic!("{other:?}"),
+        }
+        let informational = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n";
+        assert!(matches!(
+            parse_head(informational).unwrap(),
+            Head::Informational(n) if n == informational.len()
+        ));
+        assert!(matches!(
+            parse_head(b"HTTP/1.1 200 OK\r\nA: b\r\n").unwrap(),
+            Head::Partial
+        ));
+        assert!(matches!(parse_head(b"").unwrap(), Head::Partial));
+        // A head still unfinished at the limit is refused; under it, it waits.
+        let mut long = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+        long.resize(MAX_HEAD - 1, b'a');
+        assert!(matches!(parse_head(&long).unwrap(), Head::Partial));
+        long.push(b'a');
+        let Err(WireError::Request(why)) = parse_head(&long) else {
+            panic!("a {} KiB head accepted", MAX_HEAD >> 10)
+        };
+        assert!(why.contains("64 KiB"), "{why}");
+        assert!(parse_head(b"HTTP/1.1 099 Low\r\n\r\n").is_err());
+        assert!(parse_head(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn a_length_framed_body_ends_at_its_length_and_not_before() {
+        let mut framing = Framing::Length(5);
+        let mut out = Vec::new();
+        assert!(!framing
+            .decode(b"hel", &mut |d| out.extend_from_slice(d))
+            .unwrap());
+        assert_eq!(framing, Framing::Length(2));
+        assert!(framing.end_of_input().is_err(), "closed 2 bytes short");
+        assert!(framing
+            .decode(b"lo, and more", &mut |d| out.extend_from_slice(d))
+            .unwrap());
+        assert_eq!(out, b"hello");
+        assert!(Framing::Close.end_of_input().is_ok());
+        let mut close = Framing::Close;
+        assert!(!close
+            .decode(b"all of it", &mut |d| out.extend_from_slice(d))
+            .unwrap());
+        assert_eq!(out, b"helloall of it");
+        let chunked = Framing::Chunked(Chunked::Size {
+            value: 0,
+            digits: 0,
+        });
+        assert!(chunked.end_of_input().is_err());
+    }
+
+    #[test]
+    fn a_chunk_size_of_sixteen_hex_digits_is_refused_and_fifteen_taken() {
+        assert!(decode_all(b"1000000000000000\r\n", 64).is_err());
+        let mut state = Chunked::Size {
+            value: 0,
+            digits: 0,
+        };
+        state.decode(b"100000000000000\r\n", &mut |_| {}).unwrap();
+        assert_eq!(state, Chunked::Data { left: 1 << 56 });
+        let mut state = Chunked::Size {
+            value: 0,
+            digits: 0,
+        };
+        state.decode(b"1aF;x=y\r\n", &mut |_| {}).unwrap();
+        assert_eq!(state, Chunked::Data { left: 0x1af });
+    }
+
+    /// A body read over loopback from a server that sends `parts` (each
+    /// after the last was read) and then closes.
+    async fn read_body(
+        framing: Framing,
+        head_rest: &[u8],
+        parts: &[&[u8]],
+    ) -> (Vec<u8>, Result<Read, String>) {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let parts: Vec<Vec<u8>> = parts.iter().map(|p| p.to_vec()).collect();
+        let (go, mut went) = tokio::sync::mpsc::channel::<()>(1);
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            for part in parts {
+                went.recv().await;
+                socket.write_all(&part).await.unwrap();
+            }
+            went.recv().await;
+        });
+        let mut body = Body {
+            transport: Transport::Plain(TcpStream::connect(address).await.unwrap()),
+            framing,
+            head_rest: (!head_rest.is_empty()).then(|| head_rest.to_vec()),
+        };
+        let mut out = Vec::new();
+        let deadline = Duration::from_secs(10);
+        let last = loop {
+            let _ = go.try_send(());
+            let read = tokio::time::timeout(deadline, body.read(&mut |d| out.extend_from_slice(d)))
+                .await
+                .expect("a body read hung");
+            match read {
+                Ok(Read::Bytes(n)) => assert!(n > 0, "a read of nothing"),
+                other => break other.map_err(|e| e.describe().1),
+            }
+        };
+        drop(go);
+        server.await.unwrap();
+        (out, last)
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_off_a_socket_until_their_framing_ends() {
+        let (out, end) = read_body(Framing::Length(9), b"abc", &[b"def", b"ghiXYZ"]).await;
+        assert_eq!((out.as_slice(), end), (&b"abcdefghi"[..], Ok(Read::End)));
+        let chunked = Framing::Chunked(Chunked::Size {
+            value: 0,
+            digits: 0,
+        });
+        let (out, end) = read_body(chunked, b"3\r\nab", &[b"c\r\n0\r", b"\n\r\n"]).await;
+        assert_eq!((out.as_slice(), end), (&b"abc"[..], Ok(Read::End)));
+        let (out, end) = read_body(Framing::Close, b"", &[b"x", b"yz"]).await;
+        assert_eq!((out.as_slice(), end), (&b"xyz"[..], Ok(Read::End)));
+        // Closed early: the body was cut short.
+        let (out, end) = read_body(Framing::Length(10), b"", &[b"abc"]).await;
+        assert_eq!(out, b"abc");
+        let why = end.unwrap_err();
+        assert!(why.contains("7 bytes before the end"), "{why}");
     }
 
     #[tokio::test]
