@@ -1110,3 +1110,73 @@ async fn a_reload_with_a_shutdown_timeout_near_the_clock_limit_does_not_panic() 
         "{log}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Proxies
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_proxy_named_in_the_environment_carries_the_stream() {
+    // The origin does not exist: only the proxy can answer for it.
+    let origin = format!("http://127.0.0.1:{}/events?x=1", support::free_port());
+    let proxy = RawServer::start(|n, _, socket| async move {
+        match n {
+            0 => write_and_close(socket, SSE_HEAD_CLOSE_DELIMITED, &numbered(1, 3)).await,
+            _ => no_content(socket).await,
+        }
+    })
+    .await;
+    let proxy_url = format!("http://{}", proxy.addr);
+    let mut relay = Relay::start_with_env(
+        &origin,
+        "",
+        &["--log-level", "debug"],
+        &[
+            ("HTTP_PROXY", &proxy_url),
+            ("http_proxy", &proxy_url),
+            ("NO_PROXY", ""),
+            ("no_proxy", ""),
+        ],
+    );
+    let log = relay.wait_for_exit(WITHIN).await;
+    assert_eq!(relay.ids(), ["1", "2", "3"]);
+    log_line(&log, &["GET http://127.0.0.1", "through reqwest"]);
+    let requests = proxy.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    // Proxied requests name the whole URL (absolute form).
+    assert!(
+        requests.iter().all(|r| r.path == origin),
+        "{:?}",
+        requests.iter().map(|r| &r.path).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn without_a_proxy_plain_gets_go_through_the_built_in_client() {
+    let server = TestServer::start(|n, _| match n {
+        0 => Reply::events([numbered(1, 2)]),
+        _ => Reply::status(204),
+    })
+    .await;
+    let mut relay = Relay::start_with_env(
+        &server.url("/events"),
+        "",
+        &["--log-level", "debug"],
+        &[
+            ("HTTP_PROXY", ""),
+            ("http_proxy", ""),
+            ("ALL_PROXY", ""),
+            ("all_proxy", ""),
+        ],
+    );
+    let log = relay.wait_for_exit(WITHIN).await;
+    assert_eq!(relay.ids(), ["1", "2"]);
+    log_line(
+        &log,
+        &[
+            "GET http://127.0.0.1",
+            "through the built-in HTTP/1.1 client",
+        ],
+    );
+    assert!(!log.contains("through reqwest"), "{log}");
+}

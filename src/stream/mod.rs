@@ -313,38 +313,50 @@ impl Stream {
             }
             // The lean client sends GETs; anything with a body goes through reqwest.
             let lean_tls = self.client.lean_tls.as_ref();
-            let answer =
-                if method == reqwest::Method::GET && wire::eligible(&url, config.http2, lean_tls) {
-                    let response = wire::open(&url, &headers, config.connect_timeout, lean_tls)
-                        .await
-                        .map_err(|e| {
-                            let (kind, reason) = e.describe();
-                            retry(kind, reason)
-                        })?;
-                    Answer {
-                        status: response.status,
-                        headers: response.headers,
-                        source: Source::Lean(response.body),
-                    }
+            let lean =
+                method == reqwest::Method::GET && wire::eligible(&url, config.http2, lean_tls);
+            // Which client, since memory per stream and proxying differ.
+            tracing::debug!(
+                stream = %config.name,
+                "{method} {} through {}",
+                http::redact_url(&url),
+                if lean {
+                    "the built-in HTTP/1.1 client"
                 } else {
-                    let mut request = self
-                        .client
-                        .reqwest
-                        .request(method.clone(), url.clone())
-                        .headers(headers);
-                    if let Some(body) = &body {
-                        request = request.body(body.clone());
-                    }
-                    let response = request.send().await.map_err(|e| {
-                        let (kind, reason) = describe_error(&e);
+                    "reqwest (a body, HTTP/2, tls_insecure or a proxy in the environment)"
+                }
+            );
+            let answer = if lean {
+                let response = wire::open(&url, &headers, config.connect_timeout, lean_tls)
+                    .await
+                    .map_err(|e| {
+                        let (kind, reason) = e.describe();
                         retry(kind, reason)
                     })?;
-                    Answer {
-                        status: response.status(),
-                        headers: response.headers().clone(),
-                        source: Source::Reqwest(Box::pin(response.bytes_stream())),
-                    }
-                };
+                Answer {
+                    status: response.status,
+                    headers: response.headers,
+                    source: Source::Lean(response.body),
+                }
+            } else {
+                let mut request = self
+                    .client
+                    .reqwest
+                    .request(method.clone(), url.clone())
+                    .headers(headers);
+                if let Some(body) = &body {
+                    request = request.body(body.clone());
+                }
+                let response = request.send().await.map_err(|e| {
+                    let (kind, reason) = describe_error(&e);
+                    retry(kind, reason)
+                })?;
+                Answer {
+                    status: response.status(),
+                    headers: response.headers().clone(),
+                    source: Source::Reqwest(Box::pin(response.bytes_stream())),
+                }
+            };
             let Some(next) = redirect::location(&url, answer.status, &answer.headers) else {
                 return Ok((url, answer, authorization.filter(|_| credentials)));
             };

@@ -64,6 +64,20 @@ impl Relay {
         Relay::launch_full(url, top, extra, args, None, None)
     }
 
+    /// As [`Relay::start`], with more arguments for the binary and these
+    /// variables set in its environment.
+    pub fn start_with_env(url: &str, extra: &str, args: &[&str], envs: &[(&str, &str)]) -> Relay {
+        Relay::launch_env(
+            url,
+            "shutdown_timeout = \"5s\"",
+            extra,
+            args,
+            None,
+            None,
+            envs,
+        )
+    }
+
     /// Every choice: records into `out` and state in `data_dir` (both in
     /// the relay's own temporary directory if not given).
     pub fn launch_full(
@@ -73,6 +87,18 @@ impl Relay {
         args: &[&str],
         out: Option<&Path>,
         data_dir: Option<&Path>,
+    ) -> Relay {
+        Relay::launch_env(url, top, extra, args, out, data_dir, &[])
+    }
+
+    fn launch_env(
+        url: &str,
+        top: &str,
+        extra: &str,
+        args: &[&str],
+        out: Option<&Path>,
+        data_dir: Option<&Path>,
+        envs: &[(&str, &str)],
     ) -> Relay {
         let dir = tempfile::tempdir().unwrap();
         let out = out.map_or_else(|| dir.path().join("out.jsonl"), Path::to_owned);
@@ -113,6 +139,7 @@ path = "{o}"
             .env_remove("RUST_LOG")
             .env_remove("JOURNAL_STREAM")
             .env("NO_COLOR", "1")
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
