@@ -913,6 +913,92 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn open_sends_the_request_and_reads_the_head_before_a_body_that_comes_later() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}/s?a=1", listener.local_addr().unwrap())).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            while !request.ends_with(b"\r\n\r\n") {
+                let mut byte = [0];
+                socket.read_exact(&mut byte).await.unwrap();
+                request.push(byte[0]);
+            }
+            socket
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 10\r\n\r\n")
+                .await
+                .unwrap();
+            // The body comes in a later segment: the head came alone.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            socket.write_all(b"data: hi\n\n").await.unwrap();
+            String::from_utf8(request).unwrap()
+        });
+        let no_headers = HeaderMap::new();
+        let opening = open(&url, &no_headers, Duration::from_secs(5), None);
+        let mut response = tokio::time::timeout(Duration::from_secs(10), opening)
+            .await
+            .expect("open hung")
+            .unwrap_or_else(|e| panic!("{}", e.describe().1));
+        assert_eq!(response.status, StatusCode::OK);
+        assert_eq!(response.headers["content-type"], "text/event-stream");
+        assert_eq!(response.body.framing, Framing::Length(10));
+        let mut out = Vec::new();
+        let mut reads = Vec::new();
+        loop {
+            let mut emit = |d: &[u8]| out.extend_from_slice(d);
+            let read = response.body.read(&mut emit);
+            match tokio::time::timeout(Duration::from_secs(10), read)
+                .await
+                .expect("a body read hung")
+            {
+                Ok(Read::Bytes(n)) => reads.push(n),
+                Ok(Read::End) => break,
+                Err(e) => panic!("{}", e.describe().1),
+            }
+        }
+        assert_eq!(out, b"data: hi\n\n");
+        assert!(reads.iter().all(|&n| n > 0), "empty reads: {reads:?}");
+        let request = server.await.unwrap();
+        assert!(request.starts_with("GET /s?a=1 HTTP/1.1\r\n"), "{request}");
+    }
+
+    #[tokio::test]
+    async fn a_read_that_filled_the_buffer_and_emptied_the_socket_waits_for_more() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            // Exactly one thread buffer's worth: the read that takes it all
+            // leaves the readiness set, and the next wait finds nothing.
+            socket.write_all(&vec![b'x'; READ_BUFFER]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            socket.write_all(b"end").await.unwrap();
+        });
+        let mut body = Body {
+            transport: Transport::Plain(TcpStream::connect(address).await.unwrap()),
+            framing: Framing::Close,
+            head_rest: None,
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut got = 0;
+        while got < READ_BUFFER + 3 {
+            let mut count = |d: &[u8]| got += d.len();
+            let read = body.read(&mut count);
+            match tokio::time::timeout(Duration::from_secs(10), read)
+                .await
+                .expect("a body read hung")
+            {
+                Ok(Read::Bytes(_)) => {}
+                other => panic!("{:?} after {got} bytes", other.map_err(|e| e.describe().1)),
+            }
+        }
+        assert_eq!(got, READ_BUFFER + 3);
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn a_short_read_waits_for_the_next_edge_and_never_misses_the_end() {
         use tokio::io::AsyncWriteExt;
         use tokio::time::{timeout, Duration};
