@@ -470,6 +470,9 @@ impl Chunked {
         while let Some((&b, rest)) = input.split_first() {
             *self = match *self {
                 Chunked::Data { left } => {
+                    // A chunk's data state always has bytes left (else this
+                    // loop would take nothing and never end).
+                    debug_assert!(left > 0, "a chunk with no data left to read");
                     let take = (left.min(input.len() as u64)) as usize;
                     emit(&input[..take]);
                     input = &input[take..];
@@ -671,6 +674,26 @@ mod tests {
             (b"abc".to_vec(), true)
         );
         assert_eq!(decode_all(b"3\r\nab", 1).unwrap(), (b"ab".to_vec(), false));
+    }
+
+    #[test]
+    fn a_chunked_body_ends_only_after_its_trailer_and_final_line() {
+        let body = b"3\r\nabc\r\n0\r\nTrailer: x\r\nOther: y\r\n\r\n";
+        for end in 0..body.len() {
+            for split in [1, 2, 5, 64] {
+                let (out, done) = decode_all(&body[..end], split).unwrap();
+                assert!(
+                    !done,
+                    "done after {:?}",
+                    String::from_utf8_lossy(&body[..end])
+                );
+                assert_eq!(out, &b"abc"[..out.len()]);
+            }
+        }
+        assert_eq!(decode_all(body, 3).unwrap(), (b"abc".to_vec(), true));
+        // The final line's CR must be followed by its LF.
+        assert!(decode_all(b"0\r\n\rX", 64).is_err());
+        assert!(decode_all(b"0\r\nTrailer: x\r\n\rX", 64).is_err());
     }
 
     #[test]
