@@ -3,6 +3,8 @@
 #
 #   bench/run.sh              everything (parser, end to end, scale, latency): ~15 minutes
 #   bench/run.sh parser e2e   only some parts (parser | e2e | scale | sinks | latency)
+#   RELAY=/tmp/old/sse-relay bench/run.sh scale
+#                             the same harness around another build (a baseline)
 #
 # Parts:
 #   parser  criterion (benches/parser.rs): sse-relay's parser against LaunchDarkly's
@@ -63,7 +65,8 @@ fi
 echo "open-file limit: $(ulimit -n)"
 
 cargo build --release -q -p sse-relay -p sse-loadgen
-RELAY=$ROOT/target/release/sse-relay
+# RELAY=path runs another sse-relay build (a baseline) instead of this tree's.
+RELAY=${RELAY:-$ROOT/target/release/sse-relay}
 LOADGEN=$ROOT/target/release/loadgen
 LDCLIENT=$ROOT/target/release/ld-client
 

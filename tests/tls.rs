@@ -223,3 +223,59 @@ async fn a_close_without_close_notify_is_reported_and_resumed() {
     log_line(&log, &["after error reading the body", "close_notify"]);
     log_line(&log, &["stream=s reconnecting in", "Last-Event-ID 2"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_systems_trusted_roots_are_trusted_without_a_ca_file() {
+    let server = TlsServer::start(|n, _| match n {
+        0 => {
+            let mut out = SSE_HEAD_CLOSE_DELIMITED.to_vec();
+            out.extend(numbered(1, 2));
+            out
+        }
+        _ => NO_CONTENT.to_vec(),
+    })
+    .await;
+    // The system's store, as the platform's TLS libraries read it: here a
+    // file that holds only the test server's certificate.
+    let roots = tempfile::tempdir().unwrap();
+    let bundle = roots.path().join("system-roots.pem");
+    std::fs::write(&bundle, &server.cert_pem).unwrap();
+    let mut relay = Relay::start_with_env(
+        &server.url("/events"),
+        "",
+        &["--log-level", "debug"],
+        &[("SSL_CERT_FILE", bundle.to_str().unwrap())],
+    );
+    let log = relay.wait_for_exit(Duration::from_secs(10)).await;
+    assert_eq!(relay.ids(), ["1", "2"], "{log}");
+    log_line(&log, &["GET https://127.0.0.1", "built-in HTTP/1.1 client"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_hangs_up_during_the_handshake_is_reported_as_such() {
+    // Reads the ClientHello, then closes the TCP connection.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut hello = [0u8; 512];
+            let _ = socket.read(&mut hello).await;
+        }
+    });
+    let mut relay = Relay::start(
+        &format!("https://{addr}/events"),
+        "backoff_initial = \"50ms\"",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !relay.log_text().contains("reconnecting in") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = relay.stop().await;
+    log_line(
+        &log,
+        &[
+            "connect error",
+            "closed the connection during the TLS handshake",
+        ],
+    );
+}
