@@ -129,6 +129,18 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (config, cert_pem) = server_config();
+    (tls_server_with(config, serve).await, cert_pem)
+}
+
+/// As [`tls_server`], with these TLS settings.
+async fn tls_server_with<F, Fut>(
+    config: Arc<rustls::ServerConfig>,
+    serve: F,
+) -> std::net::SocketAddr
+where
+    F: Fn(usize, tokio_rustls::server::TlsStream<TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -146,7 +158,7 @@ where
             });
         }
     });
-    (addr, cert_pem)
+    addr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,4 +290,110 @@ async fn a_server_that_hangs_up_during_the_handshake_is_reported_as_such() {
             "closed the connection during the TLS handshake",
         ],
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_reset_under_tls_is_reported_and_resumed() {
+    let (addr, cert_pem) = tls_server(|n, mut tls| async move {
+        let _ = read_request(&mut tls).await;
+        match n {
+            0 => {
+                let mut out = SSE_HEAD_CLOSE_DELIMITED.to_vec();
+                out.extend(numbered(1, 2));
+                tls.write_all(&out).await.unwrap();
+                tls.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                // A reset (RST), not a close.
+                let (socket, _) = tls.into_inner();
+                socket2::SockRef::from(&socket)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+                drop(socket);
+            }
+            1 => {
+                let mut out = SSE_HEAD_CLOSE_DELIMITED.to_vec();
+                out.extend(numbered(3, 3));
+                tls.write_all(&out).await.unwrap();
+                let _ = tls.shutdown().await;
+            }
+            _ => {
+                let _ = tls.write_all(NO_CONTENT).await;
+                let _ = tls.shutdown().await;
+            }
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(
+        &format!("https://{addr}/events"),
+        &format!(
+            "{}\nbackoff_initial = \"50ms\"",
+            trusting(dir.path(), &cert_pem)
+        ),
+    );
+    let log = relay.wait_for_exit(Duration::from_secs(10)).await;
+    assert_eq!(relay.ids(), ["1", "2", "3"], "{log}");
+    log_line(&log, &["after error reading the body", "reset"]);
+}
+
+/// Server settings whose certificate message carries `fillers` unrelated
+/// certificates after the server's own (clients ignore intermediates they do
+/// not need): a handshake message of tens of KiB over several records.
+fn server_config_with_long_chain(fillers: usize) -> (Arc<rustls::ServerConfig>, String, usize) {
+    let server = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let mut chain = vec![server.cert.der().clone()];
+    for i in 0..fillers {
+        let filler =
+            rcgen::generate_simple_self_signed(vec![format!("filler-{i}.invalid")]).unwrap();
+        chain.push(filler.cert.der().clone());
+    }
+    let bytes = chain.iter().map(|c| c.len()).sum();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+        server.signing_key.serialize_der(),
+    ));
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    (Arc::new(config), server.cert.pem(), bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_message_of_many_records_cut_anywhere_is_read_in_bounded_memory() {
+    let (config, cert_pem, chain_bytes) = server_config_with_long_chain(140);
+    assert!(
+        (48_000..60_000).contains(&chain_bytes),
+        "a chain of {chain_bytes} bytes: over three records, under rustls' 64 KiB"
+    );
+    let addr = tls_server_with(config, |_, mut tls| async move {
+        let _ = read_request(&mut tls).await;
+        let mut out = SSE_HEAD_CLOSE_DELIMITED.to_vec();
+        out.extend(numbered(1, 3));
+        tls.write_all(&out).await.unwrap();
+        tls.flush().await.unwrap();
+        // Stay connected while the relay's memory is looked at.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    // The handshake reaches the relay in pieces of 1 to 700 bytes: the
+    // certificate message is held across many reads before it is whole.
+    let forwarder = splitting_forwarder(addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(
+        &format!("https://{forwarder}/events"),
+        &trusting(dir.path(), &cert_pem),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while relay.records().len() < 3 && std::time::Instant::now() < deadline {
+        relay.assert_running();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, _, peak_kib) = support::process_usage(relay.pid()).unwrap();
+    let log = relay.stop().await;
+    assert_eq!(relay.ids(), ["1", "2", "3"], "{log}");
+    assert!(peak_kib < 100 << 10, "peak RSS {peak_kib} KiB");
 }
