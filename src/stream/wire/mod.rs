@@ -705,6 +705,9 @@ mod tests {
             b"1234567890abcdef0\r\n",
             b"\r\n",
             b"3\rX",
+            // A stray byte between chunks is not skipped.
+            b"3\r\nabcX1\r\nz\r\n0\r\n\r\n",
+            b"3\r\nabc\rX1\r\nz\r\n0\r\n\r\n",
         ] {
             assert!(
                 decode_all(bad, 64).is_err(),

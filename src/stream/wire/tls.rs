@@ -50,7 +50,7 @@ pub fn client_config(ca_file: Option<(&Path, &[u8])>) -> Result<Arc<ClientConfig
         let _ = roots.add(cert.clone());
     }
     if let Some((path, pem)) = ca_file {
-        let mut added = 0;
+        let mut added = 0usize;
         for cert in CertificateDer::pem_slice_iter(pem) {
             let refused = |reason: String| TlsError::CaFileHasNoCertificate {
                 path: path.to_owned(),
