@@ -33,10 +33,7 @@ pub fn create_dir_all(dir: &Path) -> io::Result<()> {
 /// temporary file beside it, fsynced, renamed over it, the directory fsynced.
 pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
+    let dir = directory_of(path);
     let name = path
         .file_name()
         .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
@@ -49,6 +46,14 @@ pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     File::open(dir)?.sync_all()
+}
+
+/// The directory `path` is in: `.` for a bare file name.
+fn directory_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
 }
 
 /// What a line torn by the relay itself can look like: it starts with
@@ -99,6 +104,7 @@ fn repair_tail(file: &mut File, torn: TornTail) -> io::Result<Tail> {
     let mut tail_start = 0;
     while end > 0 {
         let start = end.saturating_sub(block.len() as u64);
+        debug_assert!(start < end, "the scan back moves toward the start");
         let chunk = &mut block[..(end - start) as usize];
         file.seek(SeekFrom::Start(start))?;
         file.read_exact(chunk)?;
@@ -160,6 +166,33 @@ mod tests {
         // A file of one torn record.
         std::fs::write(&path, "{\"stream\":\"a\",\"id").unwrap();
         assert_eq!(reopen(&path, JSON), (String::new(), Tail::Cut(17)));
+    }
+
+    #[test]
+    fn a_torn_record_as_long_as_the_longest_is_cut_and_one_byte_more_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let torn = TornTail {
+            prefix: b"{\"stream\":",
+            max_bytes: 20,
+        };
+        let longest = "{\"stream\":\"abcdefghi"; // 20 bytes
+        assert_eq!(longest.len(), 20);
+        std::fs::write(&path, format!("{{}}\n{longest}")).unwrap();
+        assert_eq!(reopen(&path, torn), ("{}\n".to_owned(), Tail::Cut(20)));
+        let too_long = format!("{longest}j");
+        std::fs::write(&path, format!("{{}}\n{too_long}")).unwrap();
+        assert_eq!(
+            reopen(&path, torn),
+            (format!("{{}}\n{too_long}\n"), Tail::Kept(21))
+        );
+    }
+
+    #[test]
+    fn a_bare_file_name_is_in_the_current_directory() {
+        assert_eq!(directory_of(Path::new("cp.json")), Path::new("."));
+        assert_eq!(directory_of(Path::new("state/cp.json")), Path::new("state"));
+        assert_eq!(directory_of(Path::new("/var/cp.json")), Path::new("/var"));
     }
 
     #[test]
