@@ -512,6 +512,25 @@ mod tests {
         assert_eq!(sink(FsyncPolicy::EveryBatch).sync_interval(), None);
     }
 
+    #[tokio::test]
+    async fn the_sinks_sync_covers_what_the_interval_policy_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = FileSink::new(
+            "s",
+            dir.path().join("{stream}.log").to_str().unwrap(),
+            Encoding::Data,
+            FsyncPolicy::Interval,
+            Duration::from_secs(1),
+            torn_tail(Encoding::Data, Limits::default(), 1),
+        );
+        let mut batch = vec![delivery("a", &["1"]), delivery("b", &["1"])];
+        assert_eq!(sink.write(&mut batch).await.unwrap(), Written::AwaitingSync);
+        assert_eq!(batch.len(), 2, "the batch is given back");
+        assert_eq!(sink.files.as_ref().unwrap().unsynced.len(), 2);
+        sink.sync().await.unwrap();
+        assert!(sink.files.as_ref().unwrap().unsynced.is_empty());
+    }
+
     #[test]
     fn a_reopen_after_logrotate_writes_to_a_new_file_at_the_path() {
         let dir = tempfile::tempdir().unwrap();
@@ -656,6 +675,8 @@ mod tests {
         );
         assert_eq!(sink.size(&record), 11);
         let batching = sink.batching();
+        // As documented: file batches are bounded by 512 KiB of records only.
+        assert_eq!(BATCH_BYTES, 512 * 1024);
         assert_eq!(batching.max_bytes, BATCH_BYTES);
         assert_eq!(batching.max_events, usize::MAX);
     }
