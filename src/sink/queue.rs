@@ -225,6 +225,14 @@ pub(crate) async fn send_waiting(
 ) -> Result<(), Closed> {
     loop {
         let (count, bytes) = budget.fitting(&delivery, budget.capacity, budget.slot_capacity, true);
+        // At least one record, and never more than the whole budget: the
+        // acquisitions below would otherwise wait forever.
+        debug_assert!(
+            count > 0 && count as u32 <= budget.slot_capacity && bytes <= budget.capacity,
+            "{count} records of {bytes} bytes from a budget of {} slots and {} bytes",
+            budget.slot_capacity,
+            budget.capacity
+        );
         let rest = (count < delivery.len()).then(|| delivery.split_off(count));
         let bytes_permit = budget.bytes.acquire_many(bytes).await.map_err(|_| Closed)?;
         let slots_permit = budget
