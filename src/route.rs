@@ -167,6 +167,7 @@ fn drop_warning_due(before: u64, dropped: u64) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::queue::tests::next;
     use crate::sse::EventRef;
     use std::time::SystemTime;
 
@@ -227,8 +228,8 @@ mod tests {
         // Routed, not acknowledged: both sinks hold the checkpoint back.
         assert!(tracker.has_in_flight());
         assert_eq!(&*tracker.checkpoint(), "");
-        let mut got_all = all_rx.recv().await.unwrap();
-        let got_edits = edits_rx.recv().await.unwrap();
+        let mut got_all = next(&mut all_rx).await;
+        let got_edits = next(&mut edits_rx).await;
         assert_eq!(ids(&got_all), ["1", "2", "3", "4"]);
         assert_eq!(ids(&got_edits), ["1", "3"]);
         assert_eq!(got_edits.last().map(|(seq, r)| (seq, r.id)), Some((3, "3")));
@@ -265,7 +266,7 @@ mod tests {
         });
         let mut seen = Vec::new();
         while seen.len() < 7 {
-            let mut delivery = rx.recv().await.unwrap();
+            let mut delivery = next(&mut rx).await;
             assert!(
                 delivery.len() <= at_most,
                 "{} records in one delivery",
@@ -295,7 +296,7 @@ mod tests {
         let mut router = Router::new(Arc::from("s"), vec![lossy], tracker.clone());
         router.route(records(&["m"; 8])).await.unwrap();
         router.route(records(&["m"; 2])).await.unwrap();
-        assert_eq!(ids(&rx.recv().await.unwrap()), ["1", "2", "3", "4", "5"]);
+        assert_eq!(ids(&next(&mut rx).await), ["1", "2", "3", "4", "5"]);
         assert_eq!(dropped.get(), 5, "3 of the first chunk, 2 of the second");
         // Never marked as routed: nothing in flight holds the checkpoint.
         assert!(!tracker.has_in_flight());
@@ -308,7 +309,7 @@ mod tests {
         let tracker = Arc::new(AckTracker::new(1, ""));
         let mut router = Router::new(Arc::from("s"), vec![all], tracker);
         router.route(records(&["edit", "talk", "m"])).await.unwrap();
-        let delivery = rx.recv().await.unwrap();
+        let delivery = next(&mut rx).await;
         let expected: usize = delivery
             .text_lens()
             .map(|len| len + crate::sink::queue::OVERHEAD)
@@ -356,7 +357,7 @@ mod tests {
         let tracker = Arc::new(AckTracker::new(1, ""));
         let mut router = Router::new(Arc::from("s"), vec![lossy], tracker);
         router.route(records(&["m"; 3])).await.unwrap();
-        assert_eq!(ids(&rx.recv().await.unwrap()), ["1", "2", "3"]);
+        assert_eq!(ids(&next(&mut rx).await), ["1", "2", "3"]);
         assert_eq!(dropped.get(), 0);
     }
 }

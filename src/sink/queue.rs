@@ -292,7 +292,7 @@ pub(crate) fn send_or_drop(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::SystemTime;
 
     use super::*;
@@ -323,6 +323,15 @@ mod tests {
 
     fn ids(delivery: &Delivery) -> Vec<String> {
         delivery.records().map(|r| r.id.to_owned()).collect()
+    }
+
+    /// The next delivery on a sink's queue, or a failed test after 5 s (a
+    /// send that queued nothing must not leave the test waiting forever).
+    pub(crate) async fn next(queue: &mut mpsc::Receiver<Delivery>) -> Delivery {
+        tokio::time::timeout(std::time::Duration::from_secs(5), queue.recv())
+            .await
+            .expect("nothing queued within 5 s")
+            .expect("the queue closed")
     }
 
     #[test]
@@ -399,7 +408,7 @@ mod tests {
         assert_eq!(budget.unacknowledged.get(), 2);
         assert_eq!(budget.free_slots(), 8);
         assert_eq!(budget.free_bytes(), (1 << 20) - cost as usize);
-        let mut taken = rx.recv().await.unwrap();
+        let mut taken = next(&mut rx).await;
         taken.held.leave_queue();
         taken.held.leave_queue();
         assert_eq!(budget.free_slots(), 10, "slots given back once");
@@ -426,11 +435,11 @@ mod tests {
             let budget = budget.clone();
             tokio::spawn(async move { send_waiting(&queue, &budget, delivery(&[500, 5])).await })
         };
-        let first = rx.recv().await.unwrap();
+        let first = next(&mut rx).await;
         assert_eq!(ids(&first), ["1"]);
         assert_eq!(budget.free_bytes(), 0);
         drop(first);
-        let second = rx.recv().await.unwrap();
+        let second = next(&mut rx).await;
         assert_eq!(ids(&second), ["2"]);
         sending.await.unwrap().unwrap();
     }
