@@ -271,7 +271,11 @@ fn write_lines(file: &mut impl Write, bytes: &[u8], written: &mut usize) -> io::
         let failed = match file.write(&bytes[*written..]) {
             Ok(0) => io::ErrorKind::WriteZero.into(),
             Ok(n) => {
+                let before = *written;
                 *written += n;
+                // Never stuck, never past the end: a write loop that did
+                // not move would append the same bytes forever.
+                debug_assert!(before < *written && *written <= bytes.len());
                 continue;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
