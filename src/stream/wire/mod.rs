@@ -919,8 +919,12 @@ mod tests {
         (out, last)
     }
 
-    #[tokio::test]
-    async fn bodies_are_read_off_a_socket_until_their_framing_ends() {
+    #[test]
+    fn bodies_are_read_off_a_socket_until_their_framing_ends() {
+        promptly(bodies_are_read_off_a_socket_until_their_framing_ends_run());
+    }
+
+    async fn bodies_are_read_off_a_socket_until_their_framing_ends_run() {
         let (out, end) = read_body(Framing::Length(9), b"abc", &[b"def", b"ghiXYZ"]).await;
         assert_eq!((out.as_slice(), end), (&b"abcdefghi"[..], Ok(Read::End)));
         let chunked = Framing::Chunked(Chunked::Size {
@@ -1019,8 +1023,12 @@ mod tests {
         assert!(request.starts_with("GET /s?a=1 HTTP/1.1\r\n"), "{request}");
     }
 
-    #[tokio::test]
-    async fn a_read_that_filled_the_buffer_and_emptied_the_socket_waits_for_more() {
+    #[test]
+    fn a_read_that_filled_the_buffer_and_emptied_the_socket_waits_for_more() {
+        promptly(a_read_that_filled_the_buffer_and_emptied_the_socket_waits_for_more_run());
+    }
+
+    async fn a_read_that_filled_the_buffer_and_emptied_the_socket_waits_for_more_run() {
         use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
