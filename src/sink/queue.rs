@@ -234,6 +234,7 @@ pub(crate) async fn send_waiting(
             budget.capacity
         );
         let rest = (count < delivery.len()).then(|| delivery.split_off(count));
+        debug_assert_eq!(delivery.len(), count, "the part queued now is what fitted");
         let bytes_permit = budget.bytes.acquire_many(bytes).await.map_err(|_| Closed)?;
         let slots_permit = budget
             .slots
