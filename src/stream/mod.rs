@@ -442,8 +442,7 @@ impl Stream {
         self.parser.start_connection();
         let events_before = self.parser.stats().events;
         let mut oversized_before = self.parser.stats().oversized_events;
-        // One timer for the whole body, on the process's deadline grid (see
-        // `idle`): timers firing together wake the runtime once.
+        // One timer for the whole body, moved only when it fires (see `idle`).
         let mut silence = IdleTimer::new(self.config.idle_timeout);
         let idle = silence.sleep();
         tokio::pin!(idle);
