@@ -38,4 +38,6 @@ pub mod sink;
 pub mod sse;
 pub mod stream;
 pub mod supervisor;
+#[cfg(test)]
+mod test_deadline;
 pub mod validate;

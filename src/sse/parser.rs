@@ -655,24 +655,10 @@ mod tests {
         out
     }
 
-    /// Runs `f` on another thread and ends the whole test process if it has not
-    /// finished within 10 s: a parser that loops must fail at once, not leave
-    /// the suite hanging until an outer timeout.
+    /// See [`crate::test_deadline::promptly`]: a parser that loops must fail
+    /// at once, not leave the suite hanging until an outer timeout.
     fn promptly<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-        let (done, finished) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = done.send(f());
-        });
-        match finished.recv_timeout(std::time::Duration::from_secs(10)) {
-            Ok(value) => value,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                eprintln!("the parser did not finish within 10 s (a loop?)");
-                std::process::exit(101);
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                panic!("the parser panicked (see above)")
-            }
-        }
+        crate::test_deadline::promptly("the parser", f)
     }
 
     #[test]

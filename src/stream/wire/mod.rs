@@ -942,30 +942,17 @@ mod tests {
         assert!(why.contains("7 bytes before the end"), "{why}");
     }
 
-    /// Runs `test` on a runtime of its own thread and ends the whole test
-    /// process if it has not finished within 10 s: a read loop that never
-    /// yields cannot be stopped by a tokio timeout, and must not leave the
-    /// suite hanging.
+    /// Runs `test` on a runtime of its own thread under
+    /// [`crate::test_deadline::promptly`]: a read loop that never yields
+    /// cannot be stopped by a tokio timeout, and must not hang the suite.
     fn promptly(test: impl std::future::Future<Output = ()> + Send + 'static) {
-        let (done, finished) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
+        crate::test_deadline::promptly("the lean client", move || {
+            tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .unwrap();
-            runtime.block_on(test);
-            let _ = done.send(());
-        });
-        match finished.recv_timeout(Duration::from_secs(10)) {
-            Ok(()) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                eprintln!("the lean client did not finish within 10 s (a loop?)");
-                std::process::exit(101);
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                panic!("the test panicked (see above)")
-            }
-        }
+                .unwrap()
+                .block_on(test)
+        })
     }
 
     #[test]
