@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::relay::{log_line, Relay};
-use support::tls::{server_config, TlsServer};
+use support::tls::{server_config, server_config_with_fillers, TlsServer};
 use support::{numbered, read_request, SSE_HEAD_CLOSE_DELIMITED};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -193,9 +193,12 @@ async fn a_key_update_in_the_middle_of_a_stream_changes_nothing() {
     assert!(!log.contains("error"), "{log}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_close_without_close_notify_is_reported_and_resumed() {
-    let (addr, cert_pem) = tls_server(|n, mut tls| async move {
+/// Serves events 1 and 2, then ends that connection with `cut` (handed the
+/// TCP socket under TLS); then event 3 and a clean close; then 204. A relay
+/// of it must show 1, 2, 3 within `within`, resumed with `Last-Event-ID 2`.
+/// Returns the log.
+async fn cut_then_resumed(cut: fn(TcpStream), within: Duration) -> String {
+    let (addr, cert_pem) = tls_server(move |n, mut tls| async move {
         let _ = read_request(&mut tls).await;
         match n {
             0 => {
@@ -204,10 +207,7 @@ async fn a_close_without_close_notify_is_reported_and_resumed() {
                 tls.write_all(&out).await.unwrap();
                 tls.flush().await.unwrap();
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                // Closing the TCP connection under TLS, as an attacker cutting
-                // the body short would.
-                let (socket, _) = tls.into_inner();
-                drop(socket);
+                cut(tls.into_inner().0);
             }
             1 => {
                 let mut out = SSE_HEAD_CLOSE_DELIMITED.to_vec();
@@ -230,10 +230,18 @@ async fn a_close_without_close_notify_is_reported_and_resumed() {
             trusting(dir.path(), &cert_pem)
         ),
     );
-    let log = relay.wait_for_exit(WITHIN).await;
+    let log = relay.wait_for_exit(within).await;
     assert_eq!(relay.ids(), ["1", "2", "3"], "{log}");
-    log_line(&log, &["after error reading the body", "close_notify"]);
     log_line(&log, &["stream=s reconnecting in", "Last-Event-ID 2"]);
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_without_close_notify_is_reported_and_resumed() {
+    // Closing the TCP connection under TLS, as an attacker cutting the body
+    // short would.
+    let log = cut_then_resumed(drop, WITHIN).await;
+    log_line(&log, &["after error reading the body", "close_notify"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,77 +302,22 @@ async fn a_server_that_hangs_up_during_the_handshake_is_reported_as_such() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_reset_under_tls_is_reported_and_resumed() {
-    let (addr, cert_pem) = tls_server(|n, mut tls| async move {
-        let _ = read_request(&mut tls).await;
-        match n {
-            0 => {
-                let mut out = SSE_HEAD_CLOSE_DELIMITED.to_vec();
-                out.extend(numbered(1, 2));
-                tls.write_all(&out).await.unwrap();
-                tls.flush().await.unwrap();
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                // A reset (RST), not a close.
-                let (socket, _) = tls.into_inner();
-                socket2::SockRef::from(&socket)
-                    .set_linger(Some(Duration::ZERO))
-                    .unwrap();
-                drop(socket);
-            }
-            1 => {
-                let mut out = SSE_HEAD_CLOSE_DELIMITED.to_vec();
-                out.extend(numbered(3, 3));
-                tls.write_all(&out).await.unwrap();
-                let _ = tls.shutdown().await;
-            }
-            _ => {
-                let _ = tls.write_all(NO_CONTENT).await;
-                let _ = tls.shutdown().await;
-            }
-        }
-    })
+    // A reset (RST), not a close.
+    let log = cut_then_resumed(
+        |socket| {
+            socket2::SockRef::from(&socket)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        },
+        Duration::from_secs(10),
+    )
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut relay = Relay::start(
-        &format!("https://{addr}/events"),
-        &format!(
-            "{}\nbackoff_initial = \"50ms\"",
-            trusting(dir.path(), &cert_pem)
-        ),
-    );
-    let log = relay.wait_for_exit(Duration::from_secs(10)).await;
-    assert_eq!(relay.ids(), ["1", "2", "3"], "{log}");
     log_line(&log, &["after error reading the body", "reset"]);
-}
-
-/// Server settings whose certificate message carries `fillers` unrelated
-/// certificates after the server's own (clients ignore intermediates they do
-/// not need): a handshake message of tens of KiB over several records.
-fn server_config_with_long_chain(fillers: usize) -> (Arc<rustls::ServerConfig>, String, usize) {
-    let server = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-    let mut chain = vec![server.cert.der().clone()];
-    for i in 0..fillers {
-        let filler =
-            rcgen::generate_simple_self_signed(vec![format!("filler-{i}.invalid")]).unwrap();
-        chain.push(filler.cert.der().clone());
-    }
-    let bytes = chain.iter().map(|c| c.len()).sum();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
-        server.signing_key.serialize_der(),
-    ));
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
-    (Arc::new(config), server.cert.pem(), bytes)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_message_of_many_records_cut_anywhere_is_read_in_bounded_memory() {
-    let (config, cert_pem, chain_bytes) = server_config_with_long_chain(140);
+    let (config, cert_pem, chain_bytes) = server_config_with_fillers(140);
     assert!(
         (48_000..60_000).contains(&chain_bytes),
         "a chain of {chain_bytes} bytes: over three records, under rustls' 64 KiB"

@@ -25,7 +25,22 @@ pub struct TlsServer {
 /// TLS settings for a server with a fresh self-signed ECDSA P-256
 /// certificate for 127.0.0.1, and that certificate as PEM.
 pub fn server_config() -> (Arc<rustls::ServerConfig>, String) {
+    let (config, pem, _) = server_config_with_fillers(0);
+    (config, pem)
+}
+
+/// As [`server_config`], with `fillers` unrelated certificates sent after the
+/// server's own (clients ignore intermediates they do not need), and the
+/// bytes of the whole chain: a certificate message that long spans records.
+pub fn server_config_with_fillers(fillers: usize) -> (Arc<rustls::ServerConfig>, String, usize) {
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let mut chain = vec![certified.cert.der().clone()];
+    for i in 0..fillers {
+        let filler =
+            rcgen::generate_simple_self_signed(vec![format!("filler-{i}.invalid")]).unwrap();
+        chain.push(filler.cert.der().clone());
+    }
+    let chain_bytes = chain.iter().map(|c| c.len()).sum();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
         certified.signing_key.serialize_der(),
     ));
@@ -35,9 +50,9 @@ pub fn server_config() -> (Arc<rustls::ServerConfig>, String) {
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_no_client_auth()
-    .with_single_cert(vec![certified.cert.der().clone()], key)
+    .with_single_cert(chain, key)
     .unwrap();
-    (Arc::new(config), certified.cert.pem())
+    (Arc::new(config), certified.cert.pem(), chain_bytes)
 }
 
 impl TlsServer {
