@@ -362,18 +362,24 @@ mod tests {
 
     /// A delivery of `stream`'s events with these ids, data `d<id>`.
     fn delivery(stream: &str, ids: &[&str]) -> Delivery {
+        let events: Vec<(&str, String)> = ids.iter().map(|id| (*id, format!("d{id}"))).collect();
+        deliver(stream, &events)
+    }
+
+    /// A delivery of `stream`'s events, each `(id, data)`.
+    fn deliver(stream: &str, events: &[(&str, String)]) -> Delivery {
         let mut records = Records::new(Arc::from(stream), SystemTime::UNIX_EPOCH, 0);
-        for id in ids {
+        for (id, data) in events {
             records.push(&EventRef {
                 event: "message",
-                data: &format!("d{id}"),
+                data,
                 id,
                 retry: None,
             });
         }
         Delivery {
             records: Arc::new(records),
-            selection: Selection::Run(0..ids.len()),
+            selection: Selection::Run(0..events.len()),
             first_seq: 1,
             tracker: Arc::new(AckTracker::new(1, "")),
             slot: 0,
@@ -430,17 +436,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.log");
         let mut files = files(&path, Encoding::Data, FsyncPolicy::Never);
-        let mut records = Records::new(Arc::from("s"), SystemTime::UNIX_EPOCH, 0);
         let huge = "x".repeat(KEEP_BUFFER + 1);
-        records.push(&EventRef {
-            event: "message",
-            data: &huge,
-            id: "1",
-            retry: None,
-        });
-        let mut big = delivery("s", &[]);
-        big.records = Arc::new(records);
-        big.selection = Selection::Run(0..1);
+        let big = deliver("s", &[("1", huge.clone())]);
         files.write(&[big]).unwrap();
         assert!(
             files.spare.is_empty(),
@@ -452,17 +449,7 @@ mod tests {
             huge.len() as u64 + 1
         );
         // One just under the limit is kept.
-        let small = "y".repeat(KEEP_BUFFER / 4);
-        let mut records = Records::new(Arc::from("s"), SystemTime::UNIX_EPOCH, 0);
-        records.push(&EventRef {
-            event: "message",
-            data: &small,
-            id: "2",
-            retry: None,
-        });
-        let mut medium = delivery("s", &[]);
-        medium.records = Arc::new(records);
-        medium.selection = Selection::Run(0..1);
+        let medium = deliver("s", &[("2", "y".repeat(KEEP_BUFFER / 4))]);
         files.write(&[medium]).unwrap();
         assert_eq!(files.spare.len(), 1);
     }
