@@ -11,6 +11,7 @@
 //! remembers the last `seq` routed to it, the last `seq` it acknowledged, and the
 //! id in effect there.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 #[derive(Debug, Clone)]
@@ -31,6 +32,10 @@ struct State {
 #[derive(Debug)]
 pub struct AckTracker {
     state: Mutex<State>,
+    /// Counts the updates that can move the checkpoint (bumped under the
+    /// lock), so that the checkpoint writer, visiting every stream each
+    /// interval, passes over an idle one with one load instead of the lock.
+    changes: AtomicU64,
     /// Unique to this tracker, i.e. to one run of its stream.
     run: u64,
 }
@@ -47,7 +52,8 @@ impl AckTracker {
         };
         static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         AckTracker {
-            run: RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            run: RUNS.fetch_add(1, Ordering::Relaxed),
+            changes: AtomicU64::new(0),
             state: Mutex::new(State {
                 latest_seq: 0,
                 latest_id: start_id,
@@ -77,6 +83,7 @@ impl AckTracker {
     /// others follow it.
     pub fn dispatched_many(&self, count: u64, last_id: &str, routed: &[(usize, u64)]) -> u64 {
         let mut state = self.lock();
+        self.changed();
         let first = state.latest_seq + 1;
         state.latest_seq += count;
         if *state.latest_id != *last_id {
@@ -94,6 +101,7 @@ impl AckTracker {
     pub fn observe_id(&self, id: &str) {
         let mut state = self.lock();
         if *state.latest_id != *id {
+            self.changed();
             state.latest_seq += 1;
             state.latest_id = Arc::from(id);
         }
@@ -104,11 +112,24 @@ impl AckTracker {
         let mut state = self.lock();
         let sink = &mut state.sinks[slot];
         if seq > sink.acked {
+            self.changed();
             sink.acked = seq;
             if *sink.acked_id != *id {
                 sink.acked_id = Arc::from(id);
             }
         }
+    }
+
+    /// Notes an update; called with the lock held, so a reader that loads
+    /// [`AckTracker::changes`] and then takes the lock sees at least that update.
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many updates could have moved the checkpoint so far: while it
+    /// reads the same, [`AckTracker::checkpoint`] does too.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
     }
 
     /// The id a restart may safely resume from.
@@ -254,5 +275,26 @@ mod tests {
         tracker.observe_id("6");
         assert_eq!(one(&tracker, &id("7"), &[0]), 2);
         assert_eq!(tracker.in_flight(0), 2);
+    }
+
+    #[test]
+    fn changes_count_every_update_that_can_move_the_checkpoint_and_nothing_else() {
+        let tracker = AckTracker::new(1, "5");
+        let start = tracker.changes();
+        tracker.observe_id("5");
+        assert_eq!(tracker.changes(), start, "the same id again");
+        tracker.observe_id("6");
+        assert_eq!(tracker.changes(), start + 1);
+        let seq = tracker.dispatched_many(1, "7", &[(0, 0)]);
+        assert_eq!(tracker.changes(), start + 2);
+        tracker.acknowledge(0, seq, "7");
+        assert_eq!(tracker.changes(), start + 3);
+        tracker.acknowledge(0, seq, "7");
+        assert_eq!(
+            tracker.changes(),
+            start + 3,
+            "an acknowledgement seen before"
+        );
+        assert_eq!(&*tracker.checkpoint(), "7");
     }
 }

@@ -24,6 +24,7 @@ pub mod demo;
 pub mod escape;
 pub mod files;
 pub mod gaps;
+pub mod heap;
 pub mod http;
 pub mod log;
 pub mod metrics;

@@ -111,8 +111,16 @@ enum TailFormat {
 }
 
 fn main() -> ExitCode {
+    let heap_tuned = sse_relay::heap::tune();
     let cli = Cli::parse();
     init_logging(cli.log_format, cli.log_level.as_deref());
+    if heap_tuned {
+        tracing::debug!(
+            "malloc keeps up to {} KiB free per arena; blocks from {} KiB are mapped alone",
+            sse_relay::heap::TRIM_THRESHOLD >> 10,
+            sse_relay::heap::MMAP_THRESHOLD >> 10
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
