@@ -20,7 +20,9 @@
 #           and idle CPU over IDLE_WINDOW (30) s, starting SETTLE (30) s after
 #           the last connect; then the server restarts and every stream must
 #           reconnect (spread of reconnect times) and resume with the
-#           Last-Event-ID it had.
+#           Last-Event-ID it had. Then, for http, the floor: tools/loadgen's
+#           idle-floor, STREAMS bare readers on the same runtime, measured
+#           the same way (FLOOR_SETTLE (15) s after its last connect).
 #   sinks   the small corpus through a webhook sink (to tools/loadgen's receiver)
 #           and a NATS sink (to nats-server -js, memory storage), each against a
 #           raw client sending the same records in the same run (reqwest posting
@@ -40,6 +42,7 @@ STREAMS=${STREAMS:-10000}
 HEARTBEAT=${HEARTBEAT:-15}
 IDLE_WINDOW=${IDLE_WINDOW:-30}
 SETTLE=${SETTLE:-30}
+FLOOR_SETTLE=${FLOOR_SETTLE:-15}
 SCALE_SCHEMES=${SCALE_SCHEMES:-http https}
 RATE=${RATE:-1000}
 LATENCY_SECS=${LATENCY_SECS:-10}
@@ -244,6 +247,32 @@ EOF
   wait "$RELAY_PID" 2>/dev/null || true
   kill "$LG_PID" 2>/dev/null || true
   wait "$LG_PID" 2>/dev/null || true
+  if [ "$scheme" = http ]; then idle_floor; fi
+}
+
+# The floor under the idle CPU figure, in the same run: tools/loadgen's
+# idle-floor reads the same number of idle http streams on the relay's runtime
+# and does nothing else, so it costs what the wake-ups alone cost here.
+idle_floor() {
+  echo "== scale (http): the floor, $STREAMS bare readers on the same runtime"
+  start_loadgen --corpora "" --heartbeat "$HEARTBEAT" --generation 3 --exit-after 300
+  "$ROOT/target/release/idle-floor" "$LG_ADDR" "$STREAMS" >"$dir/floor.out" 2>&1 &
+  local floor_pid=$!
+  PIDS+=("$floor_pid")
+  for _ in $(seq 240); do
+    grep -q '^connected' "$dir/floor.out" && break
+    sleep 0.5
+  done
+  grep -q '^connected' "$dir/floor.out" || { echo "idle-floor did not connect"; cat "$dir/floor.out"; exit 1; }
+  sleep "$FLOOR_SETTLE"
+  local hz t0 t1
+  hz=$(getconf CLK_TCK)
+  t0=$(awk '{print $14 + $15}' "/proc/$floor_pid/stat")
+  sleep "$IDLE_WINDOW"
+  t1=$(awk '{print $14 + $15}' "/proc/$floor_pid/stat")
+  record "scale.http.floor_cpu_pct" 1 "$(python3 -c "print(100 * ($t1 - $t0) / $hz / $IDLE_WINDOW)")"
+  kill "$floor_pid" "$LG_PID" 2>/dev/null || true
+  wait "$floor_pid" "$LG_PID" 2>/dev/null || true
 }
 
 if [[ $PARTS == *scale* ]]; then

@@ -135,6 +135,10 @@ for scheme, rss_target in [("http", 100), ("https", 128)]:
         f"<= {rss_target} MiB", ok(rss <= rss_target * 1024))
     cpu_pct = med(f"{key}.idle_cpu_pct")
     row(f"scale ({scheme}): idle CPU", f"{cpu_pct:.2f}% of one core", "< 1%", ok(cpu_pct < 1))
+    floor = med("scale.http.floor_cpu_pct")
+    if floor is not None:
+        row(f"scale ({scheme}): idle CPU against the floor (bare tokio readers of as many http streams)",
+            f"sse-relay {cpu_pct:.2f}%; floor {floor:.2f}%", "", f"{cpu_pct / max(floor, 0.01):.2f}x the floor")
     if med(f"{key}.reconnected") is not None:
         row(f"scale ({scheme}): reconnect after server restart",
             f"{med(f'{key}.reconnected'):.0f} reconnected; spread p0 {med(f'{key}.reconnect_p0_s'):.2f}s, "

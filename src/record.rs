@@ -90,14 +90,14 @@ impl Records {
         let (event_range, id_range) = match self.spans.last() {
             Some(prev) => (
                 if same_bytes(
-                    self.text[prev.event.clone()].as_bytes(),
+                    self.part(prev.event.clone()).as_bytes(),
                     event.event.as_bytes(),
                 ) {
                     prev.event.clone()
                 } else {
                     append(&mut self.text, event.event)
                 },
-                if same_bytes(self.text[prev.id.clone()].as_bytes(), event.id.as_bytes()) {
+                if same_bytes(self.part(prev.id.clone()).as_bytes(), event.id.as_bytes()) {
                     prev.id.clone()
                 } else {
                     append(&mut self.text, event.id)
@@ -149,11 +149,26 @@ impl Records {
         let span = &self.spans[i];
         RecordRef {
             stream: &self.stream,
-            event: &self.text[span.event.clone()],
-            id: &self.text[span.id.clone()],
-            data: &self.text[span.data.clone()],
+            event: self.part(span.event.clone()),
+            id: self.part(span.id.clone()),
+            data: self.part(span.data.clone()),
             received_at: &self.received_at,
         }
+    }
+
+    /// The text of one span. Every sink reads every record through here, once
+    /// to size its batch and once to encode it: checked slicing looked at the
+    /// bytes on both sides of each end (six places in a buffer another core
+    /// just wrote) and took 5% of the relay's time on small events.
+    fn part(&self, range: Range<usize>) -> &str {
+        debug_assert!(range.start <= range.end && range.end <= self.text.len());
+        debug_assert!(self.text.is_char_boundary(range.start));
+        debug_assert!(self.text.is_char_boundary(range.end));
+        // SAFETY: spans are made only by `append`, from the length of `text`
+        // before and after a whole `&str` was pushed onto it, so both ends are
+        // in bounds and on char boundaries; `text` only ever grows (`push`),
+        // and `trim_excess` gives back capacity, never length.
+        unsafe { self.text.get_unchecked(range) }
     }
 }
 

@@ -99,7 +99,13 @@ pub fn read_ca_file(ca_file: &Path) -> Result<Vec<reqwest::Certificate>, TlsErro
         path: ca_file.to_owned(),
         source,
     })?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+    ca_certificates(ca_file, &pem)
+}
+
+/// The certificates of `pem`, read from `ca_file`: at least one, or an error
+/// naming the file.
+pub fn ca_certificates(ca_file: &Path, pem: &[u8]) -> Result<Vec<reqwest::Certificate>, TlsError> {
+    let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
         TlsError::CaFileHasNoCertificate {
             path: ca_file.to_owned(),
             reason: e.to_string(),

@@ -341,11 +341,13 @@ impl Stream {
                     source: Source::Lean(response.body),
                 }
             } else {
-                let mut request = self
-                    .client
-                    .reqwest
-                    .request(method.clone(), url.clone())
-                    .headers(headers);
+                let client = self.client.reqwest.get().map_err(|e| {
+                    retry(
+                        "request_error",
+                        format!("cannot set up the HTTP client: {e}"),
+                    )
+                })?;
+                let mut request = client.request(method.clone(), url.clone()).headers(headers);
                 if let Some(body) = &body {
                     request = request.body(body.clone());
                 }
@@ -446,6 +448,11 @@ impl Stream {
         let mut silence = IdleTimer::new(self.config.idle_timeout);
         let idle = silence.sleep();
         tokio::pin!(idle);
+        // One wait for shutdown for the whole body: making one per read
+        // registered and removed a waiter on the token (two locks) at every
+        // heartbeat of every idle stream.
+        let stopped = shutdown.cancelled();
+        tokio::pin!(stopped);
         let (kind, reason) = loop {
             // Events are copied out of what arrived once, into records that
             // travel to the sinks together; nothing is allocated for bytes
@@ -482,7 +489,7 @@ impl Stream {
                 loop {
                     tokio::select! {
                         biased;
-                        _ = shutdown.cancelled() => return Attempt::Shutdown,
+                        _ = &mut stopped => return Attempt::Shutdown,
                         read = &mut reading => break Ok(read),
                         () = &mut idle => match silence.rearm(idle.as_mut()) {
                             Silence::Rearmed => {}
@@ -511,7 +518,7 @@ impl Stream {
                 tokio::select! {
                     // Stop even while a full sink queue holds us: what was not
                     // queued is not acknowledged, so the checkpoint stays before it.
-                    _ = shutdown.cancelled() => return Attempt::Shutdown,
+                    _ = &mut stopped => return Attempt::Shutdown,
                     // Boxed: routing is the largest future here, and only
                     // lives while a chunk is routed, not while the stream idles.
                     routed = Box::pin(self.router.route(records)) => {
