@@ -122,19 +122,31 @@ pub fn ca_certificates(ca_file: &Path, pem: &[u8]) -> Result<Vec<reqwest::Certif
 /// Adds a private CA from `ca_file`, and turns verification off if
 /// `tls_insecure` (the caller warns about that).
 pub fn with_tls(
-    mut builder: ClientBuilder,
+    builder: ClientBuilder,
     ca_file: Option<&Path>,
     tls_insecure: bool,
 ) -> Result<ClientBuilder, TlsError> {
-    if let Some(ca_file) = ca_file {
-        for cert in read_ca_file(ca_file)? {
-            builder = builder.add_root_certificate(cert);
-        }
+    let ca = match ca_file {
+        Some(ca_file) => read_ca_file(ca_file)?,
+        None => Vec::new(),
+    };
+    Ok(with_trust(builder, &ca, tls_insecure))
+}
+
+/// Trusts the private CA certificates `ca` as well as the system's, and
+/// turns verification off if `tls_insecure` (the caller warns about that).
+pub fn with_trust(
+    mut builder: ClientBuilder,
+    ca: &[reqwest::Certificate],
+    tls_insecure: bool,
+) -> ClientBuilder {
+    for cert in ca {
+        builder = builder.add_root_certificate(cert.clone());
     }
     if tls_insecure {
         builder = builder.danger_accept_invalid_certs(true);
     }
-    Ok(builder)
+    builder
 }
 
 /// Whether the response says `Content-Type: text/event-stream` (parameters allowed).

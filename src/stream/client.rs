@@ -9,7 +9,7 @@ use reqwest::Client;
 
 use super::wire;
 use crate::config::StreamConfig;
-use crate::http::{basic_auth, ca_certificates, decode, ClientError, TlsError};
+use crate::http::{basic_auth, ca_certificates, decode, with_trust, ClientError, TlsError};
 
 /// What a stream connects with: reqwest for what the lean client
 /// ([`wire`]) does not do, and the lean client's TLS settings.
@@ -130,13 +130,9 @@ impl LazyReqwest {
         if !self.http2 {
             builder = builder.http1_only();
         }
-        for cert in &self.ca {
-            builder = builder.add_root_certificate(cert.clone());
-        }
-        if self.tls_insecure {
-            builder = builder.danger_accept_invalid_certs(true);
-        }
-        let built = builder.build().map_err(ClientError::Build)?;
+        let built = with_trust(builder, &self.ca, self.tls_insecure)
+            .build()
+            .map_err(ClientError::Build)?;
         // Two streams may build at once: both get the one kept.
         Ok(self.client.get_or_init(|| built).clone())
     }
