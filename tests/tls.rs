@@ -1,7 +1,8 @@
 //! `https://` streams through the lean client's TLS (`src/stream/wire/tls.rs`):
 //! the real binary against rustls servers on loopback, with TLS records cut at
 //! every size on the wire, a key update in the middle of a stream, and a
-//! server that closes without `close_notify`.
+//! server that closes without `close_notify`; and what `http2 = true`
+//! negotiates with a server offering HTTP/2 (hyper).
 
 mod support;
 
@@ -349,4 +350,119 @@ async fn a_certificate_message_of_many_records_cut_anywhere_is_read_in_bounded_m
     let log = relay.stop().await;
     assert_eq!(relay.ids(), ["1", "2", "3"], "{log}");
     assert!(peak_kib < 100 << 10, "peak RSS {peak_kib} KiB");
+}
+
+/// An HTTPS server offering HTTP/2 and HTTP/1.1 by ALPN (hyper), as most
+/// real endpoints do. The first request gets two events, every later one a
+/// 204. It keeps each request's HTTP version and `Last-Event-ID`.
+async fn h2_server() -> (
+    std::net::SocketAddr,
+    String,
+    Arc<std::sync::Mutex<Vec<Seen>>>,
+) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+
+    let (config, cert_pem) = server_config();
+    let mut config = Arc::try_unwrap(config).unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, log) = (acceptor.clone(), log.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(socket).await else {
+                    return;
+                };
+                let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+                    let mut log = log.lock().unwrap();
+                    log.push(Seen {
+                        version: request.version(),
+                        alpn: alpn.clone(),
+                        last_event_id: request
+                            .headers()
+                            .get("last-event-id")
+                            .map(|v| v.to_str().unwrap().to_owned()),
+                    });
+                    let response = if log.len() == 1 {
+                        hyper::Response::builder()
+                            .header("content-type", "text/event-stream")
+                            .body(Full::new(Bytes::from_static(
+                                b"id: 1\ndata: one\n\nid: 2\ndata: two\n\n",
+                            )))
+                    } else {
+                        hyper::Response::builder()
+                            .status(204)
+                            .body(Full::new(Bytes::new()))
+                    };
+                    std::future::ready(response)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+            });
+        }
+    });
+    (addr, cert_pem, seen)
+}
+
+/// One request as [`h2_server`] saw it.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    version: hyper::Version,
+    alpn: Option<Vec<u8>>,
+    last_event_id: Option<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_true_speaks_http2_to_a_server_offering_it_and_streams_speak_http1_by_default() {
+    for (setting, version, alpn) in [
+        ("http2 = true", hyper::Version::HTTP_2, &b"h2"[..]),
+        ("", hyper::Version::HTTP_11, &b"http/1.1"[..]),
+    ] {
+        let (addr, cert_pem, seen) = h2_server().await;
+        let dir = tempfile::tempdir().unwrap();
+        let extra = format!("{}\n{setting}", trusting(dir.path(), &cert_pem));
+        let mut relay = Relay::start_with_env(
+            &format!("https://{addr}/events"),
+            &extra,
+            &["--log-level", "debug"],
+            &[],
+        );
+        let log = relay.wait_for_exit(WITHIN).await;
+        assert_eq!(relay.ids(), ["1", "2"], "{setting:?}: {log}");
+        let seen = seen.lock().unwrap().clone();
+        let resumed = Seen {
+            version,
+            alpn: Some(alpn.to_vec()),
+            last_event_id: Some("2".to_owned()),
+        };
+        assert_eq!(
+            seen,
+            [
+                Seen {
+                    last_event_id: None,
+                    ..resumed.clone()
+                },
+                resumed
+            ],
+            "{setting:?}: the stream, then the 204 it resumes into"
+        );
+        let client = if setting.is_empty() {
+            "built-in HTTP/1.1 client"
+        } else {
+            "reqwest"
+        };
+        log_line(&log, &["GET https://127.0.0.1", client]);
+    }
 }
