@@ -9,6 +9,7 @@
 //! `DESIGN.md`; each rule is named where it is implemented in [`parser`].
 
 mod event;
+mod lines;
 mod parser;
 
 pub use event::{Event, EventRef};

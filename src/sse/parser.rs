@@ -16,10 +16,13 @@
 //!
 //! # Where the time goes, and why the code looks like this
 //!
-//! Scanning for line ends (memchr) runs at ~20 GB/s; what decides the speed is
-//! what happens per event and per byte of data (see `DESIGN.md`, "Performance
-//! facts"). So:
+//! Scanning for line ends runs at gigabytes a second; what decides the speed
+//! is what happens per event and per byte of data (see `DESIGN.md`,
+//! "Performance facts"). So:
 //!
+//! * line ends come from [`LineEnds`], 64 bytes classified at a time, so a
+//!   short line costs a few instructions rather than a `memchr2` call; a long
+//!   line is still found by `memchr2`;
 //! * events come out as [`EventRef`]s that borrow their text
 //!   ([`Parser::feed_ref`]): an event's only `data` line, lying wholly inside the
 //!   chunk, is handed out in place, never copied; an event with several data
@@ -41,6 +44,7 @@
 
 use std::sync::Arc;
 
+use super::lines::LineEnds;
 use super::{Event, EventRef};
 
 const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
@@ -287,14 +291,17 @@ impl Parser {
                 }
                 Some(end) => {
                     self.finish_carry(&chunk[..end]);
-                    chunk = self.after_line_end(chunk, end);
+                    chunk = &chunk[self.past_line_end(chunk, end)..];
                 }
             }
         }
         let mut first_data: FirstData<'c> = None;
-        // The hot loop: one memchr per line, the line handled where it lies.
-        while let Some(end) = memchr::memchr2(b'\n', b'\r', chunk) {
-            let line = &chunk[..end];
+        // The hot loop: the line from `start` to the next line end, handled
+        // where it lies.
+        let mut ends = LineEnds::new(chunk);
+        let mut start = 0;
+        while let Some(end) = ends.next_from(start) {
+            let line = &chunk[start..end];
             if line.len() > self.limits.max_line_bytes {
                 self.long_line_ended(line[0]);
             } else if let Some(value) = line.strip_prefix(b"data:") {
@@ -303,44 +310,42 @@ impl Parser {
             } else {
                 self.process_line(line, &mut first_data, emit);
             }
-            chunk = self.after_line_end(chunk, end);
+            start = self.past_line_end(chunk, end);
             // Every event ends with a blank line, usually right after a line end:
-            // dispatch it without a memchr call.
-            if chunk.first() == Some(&b'\n') {
+            // dispatch it without looking for its end.
+            if chunk.get(start) == Some(&b'\n') {
                 self.dispatch(first_data.take(), emit);
-                chunk = &chunk[1..];
+                start += 1;
             }
         }
         // The pending event goes on in the next chunk: its data must outlive
         // this one.
         self.spill(first_data);
-        if !chunk.is_empty() {
-            self.start_carry(chunk);
+        if start < chunk.len() {
+            self.start_carry(&chunk[start..]);
         }
     }
 
-    /// The rest of `chunk` after the line ending at `end` (CR, LF or CRLF). A CR
-    /// that ends the chunk may be the first half of a CRLF: the next chunk says.
+    /// Where the rest of `chunk` starts after the line ending at `end` (CR,
+    /// LF or CRLF). A CR that ends the chunk may be the first half of a CRLF:
+    /// the next chunk says.
     #[inline]
-    fn after_line_end<'c>(&mut self, chunk: &'c [u8], end: usize) -> &'c [u8] {
-        let rest = if chunk[end] == b'\r' {
+    fn past_line_end(&mut self, chunk: &[u8], end: usize) -> usize {
+        let next = if chunk[end] == b'\r' {
             match chunk.get(end + 1) {
-                Some(b'\n') => &chunk[end + 2..],
-                Some(_) => &chunk[end + 1..],
+                Some(b'\n') => end + 2,
+                Some(_) => end + 1,
                 None => {
                     self.after_cr = true;
-                    &[]
+                    end + 1
                 }
             }
         } else {
-            &chunk[end + 1..]
+            end + 1
         };
         // The line loops rely on this to end: the rest starts past the ending.
-        debug_assert!(
-            rest.len() < chunk.len() - end,
-            "a line ending was not consumed"
-        );
-        rest
+        debug_assert!(next > end && next <= chunk.len());
+        next
     }
 
     /// The chunk ends inside a line: keep what is needed of its start.
