@@ -4,8 +4,8 @@
 //! Queues are bounded twice: in events (`queue_size`; a slot comes back when
 //! the sink takes the delivery off its queue) and in bytes (given back once
 //! the delivery is written, so a queue of large events cannot hold
-//! `queue_size` times `max_event_bytes`). [`send_waiting`] waits for room
-//! (`when_full = "block"`); [`send_or_drop`] queues what fits now
+//! `queue_size` times `max_event_bytes`). `send_waiting` waits for room
+//! (`when_full = "block"`); `send_or_drop` queues what fits now
 //! (`"drop_newest"`). Both count what they queue in the budget's
 //! `unacknowledged` gauge, which the sink's runner lowers on acknowledgement.
 
@@ -28,7 +28,7 @@ pub struct Closed;
 pub const DEFAULT_QUEUE_BYTES: usize = 2 << 20;
 
 /// What one record counts against a budget besides its text: its place in
-/// [`Records`] and its share of the delivery, roughly.
+/// [`Records`](crate::record::Records) and its share of the delivery, roughly.
 pub(crate) const OVERHEAD: usize = 64;
 
 /// A sink's queue bounds, shared by every stream routed to it.
@@ -74,7 +74,7 @@ impl Budget {
         self.bytes.available_permits()
     }
 
-    /// What a record of `text_len` bytes ([`Records::text_len`]) counts,
+    /// What a record of `text_len` bytes ([`Records::text_len`](crate::record::Records::text_len)) counts,
     /// capped at the whole budget so that a record larger than the budget can
     /// still pass, alone.
     pub fn cost(&self, text_len: usize) -> u32 {
@@ -154,7 +154,7 @@ impl Held {
         }
     }
 
-    /// What records of these [`Records::text_len`]s cost against the budget
+    /// What records of these [`Records::text_len`](crate::record::Records::text_len)s cost against the budget
     /// this holds (0 without one).
     pub fn cost_of(&self, text_lens: impl Iterator<Item = usize>) -> u32 {
         match &self.budget {
@@ -173,7 +173,7 @@ impl Drop for Held {
     }
 }
 
-/// Which records of a [`Records`] a delivery carries.
+/// Which records of a [`Records`](crate::record::Records) a delivery carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
     /// A run of records: all of them unless a filter or a split says otherwise.
@@ -194,7 +194,7 @@ impl Selection {
         self.len() == 0
     }
 
-    /// The `n`th selected record's index in its [`Records`].
+    /// The `n`th selected record's index in its [`Records`](crate::record::Records).
     pub fn index(&self, n: usize) -> usize {
         match self {
             Selection::Run(run) => run.start + n,

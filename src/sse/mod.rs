@@ -6,7 +6,7 @@
 //! module be lifted into its own crate unchanged.
 //!
 //! The rules are the WHATWG HTML "Server-sent events" parsing rules, summarised in
-//! `DESIGN.md`; each rule is named where it is implemented in [`parser`].
+//! `DESIGN.md`; each rule is named where it is implemented in `parser.rs`.
 
 mod event;
 mod lines;

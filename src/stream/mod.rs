@@ -10,7 +10,7 @@
 //! * anything else (another status, a wrong content type, a connect error, a
 //!   reset): log it and try again.
 //!
-//! Between attempts it waits as [`backoff`] says. The parser, and with it the last
+//! Between attempts it waits as [`backoff`](crate::backoff) says. The parser, and with it the last
 //! event id and the `retry:` value, lives as long as the stream, so both survive
 //! reconnects.
 

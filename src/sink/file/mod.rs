@@ -6,7 +6,7 @@
 //! (`every_batch`), or at the next periodic fsync (`interval`).
 //!
 //! File I/O is blocking, so each batch is encoded and written on tokio's blocking
-//! pool. Batches are bounded in bytes ([`BATCH_BYTES`]) as well as in events:
+//! pool. Batches are bounded in bytes (`BATCH_BYTES`) as well as in events:
 //! a batch's encoding then stays in cache while it is copied to the kernel, the
 //! stream keeps parsing while a batch is written, and one buffer per file is
 //! reused from batch to batch. A write that fails part-way (disk full) is resumed from the byte where

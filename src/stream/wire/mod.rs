@@ -7,7 +7,7 @@
 //! `TcpStream`, and reads with `readable()` + `try_read` into one buffer per
 //! thread: an idle stream holds no read buffer at all (about 1 KiB a stream
 //! with its task). It also skips hyper's body channel, one hand-off per chunk.
-//! `https://` goes through [`tls`], which decrypts in that same buffer.
+//! `https://` goes through `tls.rs`, which decrypts in that same buffer.
 //!
 //! What it covers: the request head, 1xx answers, `Content-Length`, chunked and
 //! close-delimited bodies. Anything else stays with reqwest (see
