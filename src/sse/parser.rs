@@ -123,10 +123,10 @@ pub struct Parser {
     named_type: bool,
     /// The pending event was over a limit; it will be dropped at dispatch.
     event_too_large: bool,
-    /// The id the pending block set (or the last event id if it set none).
+    /// The id the pending block set, while `id_changed`; otherwise the
+    /// buffer an earlier id left, kept for the next one.
     pending_id: String,
-    /// `pending_id` was set since the last dispatch (it may differ from
-    /// `last_event_id`).
+    /// The pending block set an id: it becomes the last event id at dispatch.
     id_changed: bool,
     last_event_id: String,
     block_retry: Option<u64>,
@@ -200,7 +200,6 @@ impl Parser {
     pub fn set_last_event_id(&mut self, id: &str) {
         self.last_event_id.clear();
         self.last_event_id.push_str(id);
-        self.pending_id.clone_from(&self.last_event_id);
         self.id_changed = false;
     }
 
@@ -229,7 +228,6 @@ impl Parser {
         self.carry_len = 0;
         self.partial_line.clear();
         self.reset_block();
-        self.pending_id.clone_from(&self.last_event_id);
         self.id_changed = false;
     }
 
@@ -493,7 +491,7 @@ impl Parser {
                 }
             }
             // An id holding NUL is ignored.
-            b"id" if !same_bytes(value, self.pending_id.as_bytes()) && !value.contains(&0) => {
+            b"id" if !same_bytes(value, self.current_id().as_bytes()) && !value.contains(&0) => {
                 set_text(&mut self.pending_id, value);
                 self.id_changed = true;
             }
@@ -557,13 +555,26 @@ impl Parser {
         self.data.extend_from_slice(value);
     }
 
+    /// The id in effect for the pending block: the one it set, or the last
+    /// event id.
+    #[inline]
+    fn current_id(&self) -> &str {
+        if self.id_changed {
+            &self.pending_id
+        } else {
+            &self.last_event_id
+        }
+    }
+
     /// A blank line: the pending block becomes an event, if it has data.
     fn dispatch(&mut self, first_data: FirstData<'_>, emit: &mut impl FnMut(EventRef<'_>)) {
         // The last event id moves at dispatch, even for a block without data, so an
         // event cut off mid-way never moves the resume point.
         if self.id_changed {
             self.id_changed = false;
-            self.last_event_id.clone_from(&self.pending_id);
+            // The two buffers trade places: the id is not copied again, and
+            // `pending_id` keeps a buffer for the next one.
+            std::mem::swap(&mut self.last_event_id, &mut self.pending_id);
         }
         if self.event_too_large {
             self.stats.oversized_events += 1;
@@ -675,6 +686,28 @@ mod tests {
         assert_eq!(got[0].2, "42", "the first event carries the resumed id");
         assert_eq!(got[1].2, "43");
         assert_eq!(parser.last_event_id(), "43");
+    }
+
+    #[test]
+    fn an_id_coming_back_to_an_earlier_value_is_the_last_event_id_again() {
+        let mut parser = Parser::new(ROOMY);
+        let body: &[u8] = b"id: 3\ndata: a\n\nid: 4\ndata: b\n\nid: 3\ndata: c\n\n\
+            id: 5\nid: 3\ndata: d\n\nid: 4\n\ndata: e\n\n";
+        let ids: Vec<String> = events(&mut parser, &[body])
+            .into_iter()
+            .map(|e| e.2)
+            .collect();
+        assert_eq!(ids, ["3", "4", "3", "3", "4"]);
+        assert_eq!(parser.last_event_id(), "4");
+        // An id the cut-off block set is forgotten with it.
+        events(&mut parser, &[b"id: 9\ndata: f\n"]);
+        parser.start_connection();
+        let got = events(&mut parser, &[b"data: g\n\nid: 9\ndata: h\n\n"]);
+        assert_eq!((got[0].2.as_str(), got[1].2.as_str()), ("4", "9"));
+        // A checkpoint's id, then the same id and another from the stream.
+        parser.set_last_event_id("7");
+        let got = events(&mut parser, &[b"id: 8\n", b"id: 7\ndata: i\n\n"]);
+        assert_eq!(got[0].2, "7");
     }
 
     #[test]
