@@ -11,8 +11,10 @@
 /// Bytes classified at once: one bit of a `u64` each.
 const BLOCK: usize = 64;
 
-/// Blocks looked at for a line's end before it counts as long. Two blocks
-/// from a line's start would leave a 100-byte line to memchr2.
+/// Blocks looked at for a line's end before the line counts as long and goes
+/// to memchr2. Lines of a few hundred bytes (most JSON payloads) stay on the
+/// masks; a long line pays for four masks, which left the parsing of 16 KiB
+/// lines as fast as before.
 const MASKED_BLOCKS: usize = 4;
 
 /// The line ends of one chunk, found in increasing order.
