@@ -315,6 +315,9 @@ impl Parser {
                 self.dispatch(first_data.take(), emit);
                 start += 1;
             }
+            // Each turn ends past the line end it found, or the loop would
+            // never end.
+            debug_assert!(start > end, "the line loop stood still at {end}");
         }
         // The pending event goes on in the next chunk: its data must outlive
         // this one.
