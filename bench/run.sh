@@ -75,6 +75,17 @@ LDCLIENT=$ROOT/target/release/ld-client
 
 record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RESULTS"; }
 
+# The CPU process PID uses over the next IDLE_WINDOW seconds, in % of one core
+# (user and system time from /proc/PID/stat).
+idle_cpu_pct() {
+  local hz t0 t1
+  hz=$(getconf CLK_TCK)
+  t0=$(awk '{print $14 + $15}' "/proc/$1/stat")
+  sleep "$IDLE_WINDOW"
+  t1=$(awk '{print $14 + $15}' "/proc/$1/stat")
+  python3 -c "print(100 * ($t1 - $t0) / $hz / $IDLE_WINDOW)"
+}
+
 # Starts loadgen with the given arguments; sets LG_PID and LG_ADDR.
 start_loadgen() {
   local out=$WORK/loadgen.$RANDOM.out
@@ -209,11 +220,7 @@ scale_run() {
   connected=$(wc -l <"$dir/out.jsonl")
   sleep "$SETTLE" # let start-up allocations and the connect wave settle
   rss_kib=$(awk '/^VmRSS/ {print $2}' "/proc/$REAL_PID/status")
-  hz=$(getconf CLK_TCK)
-  t0=$(awk '{print $14 + $15}' "/proc/$REAL_PID/stat")
-  sleep "$IDLE_WINDOW"
-  t1=$(awk '{print $14 + $15}' "/proc/$REAL_PID/stat")
-  idle_cpu=$(python3 -c "print(100 * ($t1 - $t0) / $hz / $IDLE_WINDOW)")
+  idle_cpu=$(idle_cpu_pct "$REAL_PID")
   record "scale.$scheme.connected" 1 "$connected"
   record "scale.$scheme.rss_kib" 1 "$rss_kib"
   record "scale.$scheme.idle_cpu_pct" 1 "$idle_cpu"
@@ -265,12 +272,7 @@ idle_floor() {
   done
   grep -q '^connected' "$dir/floor.out" || { echo "idle-floor did not connect"; cat "$dir/floor.out"; exit 1; }
   sleep "$FLOOR_SETTLE"
-  local hz t0 t1
-  hz=$(getconf CLK_TCK)
-  t0=$(awk '{print $14 + $15}' "/proc/$floor_pid/stat")
-  sleep "$IDLE_WINDOW"
-  t1=$(awk '{print $14 + $15}' "/proc/$floor_pid/stat")
-  record "scale.http.floor_cpu_pct" 1 "$(python3 -c "print(100 * ($t1 - $t0) / $hz / $IDLE_WINDOW)")"
+  record "scale.http.floor_cpu_pct" 1 "$(idle_cpu_pct "$floor_pid")"
   kill "$floor_pid" "$LG_PID" 2>/dev/null || true
   wait "$floor_pid" "$LG_PID" 2>/dev/null || true
 }
