@@ -50,7 +50,7 @@ impl AckTracker {
             acked: 0,
             acked_id: start_id.clone(),
         };
-        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        static RUNS: AtomicU64 = AtomicU64::new(0);
         AckTracker {
             run: RUNS.fetch_add(1, Ordering::Relaxed),
             changes: AtomicU64::new(0),
