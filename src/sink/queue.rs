@@ -27,9 +27,9 @@ pub struct Closed;
 /// within 20 MiB of RSS (4 MiB measured 20.2 MiB).
 pub const DEFAULT_QUEUE_BYTES: usize = 2 << 20;
 
-/// What one record counts against a budget besides its text: its place in
-/// [`Records`](crate::record::Records) and its share of the delivery, roughly.
-pub(crate) const OVERHEAD: usize = 64;
+/// What one record counts against a budget besides its text (see
+/// [`QUEUE_OVERHEAD`](crate::record::QUEUE_OVERHEAD)).
+pub(crate) const OVERHEAD: usize = crate::record::QUEUE_OVERHEAD;
 
 /// A sink's queue bounds, shared by every stream routed to it.
 #[derive(Debug)]

@@ -24,6 +24,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
@@ -462,7 +463,7 @@ impl Stream {
             let stream = self.router.stream();
             let parser = &mut self.parser;
             let ids = &mut self.ids;
-            let mut emit = |bytes: &[u8]| {
+            let mut emit = |bytes: &[u8], chunk: Option<&Bytes>| {
                 body_bytes += bytes.len();
                 parser.feed_ref(bytes, &mut |event| {
                     if let Some(ids) = ids.as_deref_mut() {
@@ -472,10 +473,23 @@ impl Stream {
                     }
                     records
                         .get_or_insert_with(|| {
-                            // Room for the rest of the bytes and this event,
-                            // which may have begun earlier: no regrowth.
-                            let room = bytes.len() + event.data.len();
-                            Records::new(stream.clone(), SystemTime::now(), room)
+                            let now = SystemTime::now();
+                            match chunk {
+                                // Data lying whole in the chunk stays there;
+                                // room for the types and ids (a sixteenth of
+                                // the bytes fits small events' ids) and this
+                                // event, which may have begun earlier.
+                                Some(chunk) => {
+                                    let room = bytes.len() / 16 + event.data.len();
+                                    Records::sharing(stream.clone(), now, chunk, room)
+                                }
+                                // Room for the rest of the bytes and this
+                                // event: no regrowth.
+                                None => {
+                                    let room = bytes.len() + event.data.len();
+                                    Records::new(stream.clone(), now, room)
+                                }
+                            }
                         })
                         .push(&event);
                 });
@@ -578,7 +592,7 @@ impl Source {
     /// body has ended. An error comes as the reconnect kind and reason.
     async fn read(
         &mut self,
-        emit: &mut impl FnMut(&[u8]),
+        emit: &mut impl FnMut(&[u8], Option<&Bytes>),
     ) -> Result<Option<()>, (&'static str, String)> {
         match self {
             Source::Lean(body) => match body.read(emit).await {
@@ -588,7 +602,9 @@ impl Source {
             },
             Source::Reqwest(body) => match body.next().await {
                 Some(Ok(chunk)) => {
-                    emit(&chunk);
+                    // Not kept: hyper's chunks are cut from buffers of its
+                    // own, of sizes nothing here sees.
+                    emit(&chunk, None);
                     Ok(Some(()))
                 }
                 Some(Err(e)) => Err(describe_error(&e)),
@@ -634,7 +650,7 @@ impl Body {
     /// once all that arrived is decoded); `None` once the body has ended.
     async fn read(
         &mut self,
-        emit: &mut impl FnMut(&[u8]),
+        emit: &mut impl FnMut(&[u8], Option<&Bytes>),
     ) -> Result<Option<()>, (&'static str, String)> {
         let Body {
             source,
@@ -651,7 +667,11 @@ impl Body {
                     .map_err(|e| ("body_error", format!("error reading the body: {e}")))?;
                 return Ok(None);
             }
-            if source.read(&mut |raw| decoder.push(raw)).await?.is_none() {
+            if source
+                .read(&mut |raw, _| decoder.push(raw))
+                .await?
+                .is_none()
+            {
                 *source_ended = true;
             }
         }
@@ -660,7 +680,7 @@ impl Body {
                 .decode(window)
                 .map_err(|e| ("body_error", format!("error reading the body: {e}")))?;
             if n > 0 {
-                emit(&window[..n]);
+                emit(&window[..n], None);
             }
             Ok(Some(()))
         })

@@ -94,7 +94,7 @@ impl Stream {
         let mut first: Option<String> = None;
         let parser = &mut stream.parser;
         while first.is_none() {
-            let mut emit = |bytes: &[u8]| {
+            let mut emit = |bytes: &[u8], _: Option<&bytes::Bytes>| {
                 parser.feed_ref(bytes, &mut |event| {
                     first.get_or_insert_with(|| event.id.to_owned());
                 });
