@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use super::{Batching, Delivery, Sink, Written};
 use crate::files::{self, Tail, TornTail};
-use crate::record::{Encoding, RecordRef};
+use crate::record::{encode_all, Encoding, RecordRef};
 use crate::sse::Limits;
 
 /// The most record bytes (data and id) in one batch. Writes this large cost
@@ -240,10 +240,11 @@ impl Files {
                 };
                 last_stream = Some(stream);
             }
-            let out = &mut self.pending[current].bytes;
-            for record in delivery.records() {
-                record.encode(self.encoding, out);
-            }
+            encode_all(
+                delivery.records(),
+                self.encoding,
+                &mut self.pending[current].bytes,
+            );
         }
     }
 

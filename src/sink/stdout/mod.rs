@@ -19,7 +19,7 @@ use std::io::{self, Write};
 use std::os::fd::AsFd;
 
 use super::{Batching, Delivery, Sink, Written};
-use crate::record::{Encoding, RecordRef};
+use crate::record::{encode_all, Encoding, RecordRef};
 use crate::shutdown::Shutdown;
 
 pub struct StdoutSink {
@@ -51,8 +51,8 @@ impl Sink for StdoutSink {
         };
         let (mut buffer, written) = self.pending.take().unwrap_or_default();
         if buffer.is_empty() {
-            for record in batch.iter().flat_map(Delivery::records) {
-                record.encode(self.encoding, &mut buffer);
+            for delivery in batch.iter() {
+                encode_all(delivery.records(), self.encoding, &mut buffer);
             }
         }
         let (out, buffer, written, result) = tokio::task::spawn_blocking(move || {
