@@ -15,6 +15,20 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
+/// A wait as a log line says it: whole milliseconds under a second (a 17 ms
+/// backoff is not "0.0s"), seconds with one decimal from there on.
+pub struct Delay(pub std::time::Duration);
+
+impl fmt::Display for Delay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 < std::time::Duration::from_secs(1) {
+            write!(f, "{}ms", self.0.as_millis())
+        } else {
+            write!(f, "{:.1}s", self.0.as_secs_f64())
+        }
+    }
+}
+
 /// The fields written before the message, in this order.
 const LEADING: [&str; 2] = ["stream", "sink"];
 
@@ -80,5 +94,19 @@ impl Visit for Fields {
         } else {
             self.others.push((field.name(), format!("{value:?}")));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn delays_under_a_second_are_whole_milliseconds() {
+        use std::time::Duration;
+        let said = |ms| super::Delay(Duration::from_millis(ms)).to_string();
+        assert_eq!(said(0), "0ms");
+        assert_eq!(said(17), "17ms");
+        assert_eq!(said(999), "999ms");
+        assert_eq!(said(1000), "1.0s");
+        assert_eq!(said(2345), "2.3s");
     }
 }

@@ -637,8 +637,17 @@ async fn an_absurd_retry_is_clamped_to_retry_max_and_a_tiny_one_does_not_beat_ba
         tiny >= Duration::from_millis(150) && tiny < Duration::from_secs(3),
         "retry: 0 does not go below backoff_initial 150ms, waited {tiny:?}"
     );
-    log_line(&log, &["reconnecting in 0.4s", "Last-Event-ID 1"]);
-    log_line(&log, &["reconnecting in 0.1s", "Last-Event-ID 2"]);
+    // retry_max 400ms plus up to 10% jitter, in milliseconds (not "0.4s");
+    // then backoff_initial exactly.
+    let first = log_line(&log, &["reconnecting in ", "Last-Event-ID 1"]);
+    let said: u64 = first
+        .split("reconnecting in ")
+        .nth(1)
+        .and_then(|rest| rest.split("ms ").next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no delay in milliseconds: {first}"));
+    assert!((400..=440).contains(&said), "{first}");
+    log_line(&log, &["reconnecting in 150ms", "Last-Event-ID 2"]);
 }
 
 // ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Batching, Delivery, Sink, SinkTask, Written, MAX_BATCH};
 use crate::ack::AckTracker;
+use crate::log::Delay;
 
 /// Runs a sink until its queue closes (every stream feeding it has stopped and
 /// everything queued is written) or `abort` fires.
@@ -92,8 +93,8 @@ pub async fn run<S: Sink>(mut sink: S, task: SinkTask) {
                     let delay = sink.retry_delay(failures);
                     tracing::warn!(
                         sink = %name,
-                        "write failed: {e}; retrying in {:.1}s (attempt {failures}); its streams wait, nothing is skipped",
-                        delay.as_secs_f64()
+                        "write failed: {e}; retrying in {} (attempt {failures}); its streams wait, nothing is skipped",
+                        Delay(delay)
                     );
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}

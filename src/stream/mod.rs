@@ -35,6 +35,7 @@ use crate::backoff::Backoff;
 use crate::config::StreamConfig;
 use crate::gaps::{Finding, IdChecker, IdGapCheck};
 use crate::http::{self, decode, redirect, ClientError};
+use crate::log::Delay;
 use crate::metrics::{unix_now, Connection, IdCheckMetrics, StreamMetrics};
 use crate::record::Records;
 use crate::route::Router;
@@ -216,15 +217,15 @@ impl Stream {
             if routine {
                 tracing::info!(
                     stream = %self.config.name,
-                    "reconnecting in {:.1}s after {reason} (attempt {}, {resume})",
-                    delay.as_secs_f64(),
+                    "reconnecting in {} after {reason} (attempt {}, {resume})",
+                    Delay(delay),
                     self.backoff.attempt(),
                 );
             } else {
                 tracing::warn!(
                     stream = %self.config.name,
-                    "reconnecting in {:.1}s after {reason} (attempt {}, {resume})",
-                    delay.as_secs_f64(),
+                    "reconnecting in {} after {reason} (attempt {}, {resume})",
+                    Delay(delay),
                     self.backoff.attempt(),
                 );
             }
