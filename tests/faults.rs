@@ -17,7 +17,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::relay::{assert_no_panic, data_of, last_event_ids, log_line, log_lines, Relay};
+use support::relay::{
+    assert_no_panic, data_of, last_event_ids, log_line, log_lines, reconnect_delay_ms, Relay,
+};
 use support::{
     no_content, numbered, process_usage, write_and_close, Ending, Framing, RawServer, Reply,
     TestServer, SSE_HEAD_CLOSE_DELIMITED,
@@ -640,13 +642,7 @@ async fn an_absurd_retry_is_clamped_to_retry_max_and_a_tiny_one_does_not_beat_ba
     // retry_max 400ms plus up to 10% jitter, in milliseconds (not "0.4s");
     // then backoff_initial exactly.
     let first = log_line(&log, &["reconnecting in ", "Last-Event-ID 1"]);
-    let said: u64 = first
-        .split("reconnecting in ")
-        .nth(1)
-        .and_then(|rest| rest.split("ms ").next())
-        .and_then(|ms| ms.parse().ok())
-        .unwrap_or_else(|| panic!("no delay in milliseconds: {first}"));
-    assert!((400..=440).contains(&said), "{first}");
+    assert!((400..=440).contains(&reconnect_delay_ms(first)), "{first}");
     log_line(&log, &["reconnecting in 150ms", "Last-Event-ID 2"]);
 }
 

@@ -470,14 +470,8 @@ async fn a_clean_close_after_events_is_info_and_waits_the_servers_retry() {
             line.contains(" INFO ") && !line.contains(" WARN "),
             "{line}"
         );
-        let said: u64 = line
-            .split("reconnecting in ")
-            .nth(1)
-            .and_then(|rest| rest.split("ms ").next())
-            .and_then(|ms| ms.parse().ok())
-            .unwrap_or_else(|| panic!("no delay in milliseconds: {line}"));
         assert!(
-            (300..=330).contains(&said),
+            (300..=330).contains(&support::relay::reconnect_delay_ms(line)),
             "the server's retry, within 10%: {line}"
         );
     }

@@ -248,6 +248,16 @@ pub fn log_line<'a>(log: &'a str, parts: &[&str]) -> &'a str {
         .unwrap_or_else(|| panic!("no log line with all of {parts:?} in:\n{log}"))
 }
 
+/// The delay a "reconnecting in NNNms" log line says, in milliseconds.
+#[track_caller]
+pub fn reconnect_delay_ms(line: &str) -> u64 {
+    line.split("reconnecting in ")
+        .nth(1)
+        .and_then(|rest| rest.split("ms ").next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no reconnect delay in milliseconds: {line}"))
+}
+
 /// The log lines containing `part`.
 pub fn log_lines<'a>(log: &'a str, part: &str) -> Vec<&'a str> {
     log.lines().filter(|l| l.contains(part)).collect()

@@ -753,15 +753,22 @@ impl Framing {
             return Ok((length, ended));
         };
         let base = buffer.as_ptr() as usize;
-        let mut pieces: Vec<Range<usize>> = Vec::new();
+        // Most reads of an idle stream hold one piece (a heartbeat): only a
+        // second one allocates.
+        let mut first: Option<Range<usize>> = None;
+        let mut more: Vec<Range<usize>> = Vec::new();
         let ended = state
             .decode(buffer, &mut |piece| {
                 let start = piece.as_ptr() as usize - base;
-                pieces.push(start..start + piece.len());
+                let piece = start..start + piece.len();
+                match first {
+                    None => first = Some(piece),
+                    Some(_) => more.push(piece),
+                }
             })
             .map_err(WireError::Body)?;
         let mut length = 0;
-        for piece in pieces {
+        for piece in first.into_iter().chain(more) {
             debug_assert!(piece.start >= length, "pieces come in order, apart");
             let size = piece.len();
             buffer.copy_within(piece, length);
