@@ -221,18 +221,24 @@ impl Records {
         };
         self.text.reserve(self.chunk_used);
         for span in self.spans.iter_mut().filter(|span| span.data_in_chunk) {
-            span.data = append(&mut self.text, str_in(&chunk, span.data.clone()));
+            // SAFETY: a span with `data_in_chunk` was made by `within` on
+            // this chunk.
+            let data = unsafe { str_in(&chunk, span.data.clone()) };
+            span.data = append(&mut self.text, data);
             span.data_in_chunk = false;
         }
         self.chunk_used = 0;
     }
 
+    /// The data of a span with `data_in_chunk`.
     fn chunk_part(&self, range: Range<usize>) -> &str {
         let chunk = self
             .chunk
             .as_ref()
             .expect("a span in the chunk comes with the chunk");
-        str_in(chunk, range)
+        // SAFETY: such spans are made by `within` on this chunk, and lose
+        // `data_in_chunk` before the chunk is let go (`copy_out_of_chunk`).
+        unsafe { str_in(chunk, range) }
     }
 
     /// The text of one span. Every sink reads every record through here, once
@@ -251,14 +257,16 @@ impl Records {
     }
 }
 
-/// The text of a span of a chunk made by [`within`] (see [`Records::part`]
-/// on why unchecked).
-fn str_in(chunk: &Bytes, range: Range<usize>) -> &str {
+/// The text of a span of a chunk, unchecked (see [`Records::part`] on why).
+///
+/// # Safety
+///
+/// `range` must come from [`within`] for this chunk: then it is in bounds,
+/// and its bytes are those of the `&str` it was made from (valid UTF-8;
+/// `Bytes` never changes its bytes).
+unsafe fn str_in(chunk: &Bytes, range: Range<usize>) -> &str {
     debug_assert!(std::str::from_utf8(&chunk[range.clone()]).is_ok());
-    // SAFETY: such spans are made only by `within`, from a `&str` that lies
-    // whole in the chunk, so the range is in bounds and its bytes are that
-    // string's: valid UTF-8. `Bytes` never changes its bytes, and a span loses
-    // `data_in_chunk` before its chunk is dropped.
+    // SAFETY: as the caller promises (above).
     unsafe { std::str::from_utf8_unchecked(chunk.get_unchecked(range)) }
 }
 
@@ -267,7 +275,7 @@ fn str_in(chunk: &Bytes, range: Range<usize>) -> &str {
 /// these bytes.)
 fn within(chunk: &Bytes, part: &str) -> Option<Range<usize>> {
     let start = (part.as_ptr() as usize).checked_sub(chunk.as_ptr() as usize)?;
-    let end = start + part.len();
+    let end = start.checked_add(part.len())?;
     (end <= chunk.len()).then_some(start..end)
 }
 
@@ -571,6 +579,26 @@ mod tests {
         assert!(!points_into(&chunk, last.data));
         // The text holds the type, the ids and the one copied data only.
         assert_eq!(records.text.len(), "update".len() + 9 + 60);
+    }
+
+    #[test]
+    fn only_a_string_wholly_inside_the_chunk_is_found_in_it() {
+        let chunk = Bytes::from_static(b"0123456789");
+        let text = std::str::from_utf8(&chunk).unwrap();
+        assert_eq!(within(&chunk, &text[2..5]), Some(2..5));
+        assert_eq!(within(&chunk, text), Some(0..10));
+        assert_eq!(within(&chunk, &text[10..]), Some(10..10));
+        // Elsewhere, even with the same bytes.
+        let copy = text.to_owned();
+        let before = chunk.slice(0..0);
+        assert_eq!(within(&chunk.slice(5..), &copy[..2]), None);
+        assert_eq!(
+            within(&chunk.slice(5..), &text[2..7]),
+            None,
+            "starts before"
+        );
+        assert_eq!(within(&chunk.slice(..5), &text[3..7]), None, "ends after");
+        assert_eq!(within(&before, &text[..1]), None);
     }
 
     #[test]
