@@ -602,6 +602,23 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_that_is_mostly_one_events_data_is_kept() {
+        let at = UNIX_EPOCH + Duration::from_secs(1);
+        // The data is what the queues count here: with no record overhead
+        // to speak of, it alone keeps the chunk.
+        let wire = format!(": {}\ndata: {}\n\n", "c".repeat(900), "d".repeat(1000));
+        let chunk = Bytes::from(wire.into_bytes());
+        let text = std::str::from_utf8(&chunk).unwrap();
+        let data = &text[text.len() - 1002..text.len() - 2];
+        let mut records = Records::sharing(Arc::from("s"), at, &chunk, 0);
+        records.push(&event("1", data));
+        records.trim_excess();
+        assert!(records.chunk.is_some(), "the chunk was let go");
+        assert!(points_into(&chunk, records.get(0).data));
+        assert_eq!(records.get(0).data, "d".repeat(1000));
+    }
+
+    #[test]
     fn a_chunk_the_records_use_little_of_is_let_go() {
         let at = UNIX_EPOCH + Duration::from_secs(1);
         // One short event among 64 KiB of comments.
