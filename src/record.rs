@@ -619,6 +619,21 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_counted_at_under_half_is_let_go() {
+        let at = UNIX_EPOCH + Duration::from_secs(1);
+        // 991 bytes; the record counts 6 + 1 + 200 + 64 = 271, under half.
+        let wire = format!(": {}\ndata: {}\n\n", "c".repeat(780), "d".repeat(200));
+        let chunk = Bytes::from(wire.into_bytes());
+        let text = std::str::from_utf8(&chunk).unwrap();
+        let data = &text[text.len() - 202..text.len() - 2];
+        let mut records = Records::sharing(Arc::from("s"), at, &chunk, 0);
+        records.push(&event("1", data));
+        records.trim_excess();
+        assert!(records.chunk.is_none(), "the chunk is still held");
+        assert_eq!(records.get(0).data, "d".repeat(200));
+    }
+
+    #[test]
     fn a_chunk_the_records_use_little_of_is_let_go() {
         let at = UNIX_EPOCH + Duration::from_secs(1);
         // One short event among 64 KiB of comments.
