@@ -633,6 +633,59 @@ mod tests {
         assert_eq!(records.get(0).data, "d".repeat(200));
     }
 
+    /// Records of `count` events whose data is `size` bytes, all in one
+    /// chunk, after `trim_excess`: whether they still hold the chunk.
+    fn keeps_chunk_of(count: usize, size: usize) -> bool {
+        let at = UNIX_EPOCH + Duration::from_secs(1);
+        let data = |n: usize| format!("{:0size$}", n % 10);
+        let wire: String = (0..count)
+            .map(|n| format!("id: {n}\ndata: {}\n\n", data(n)))
+            .collect();
+        let chunk = Bytes::from(wire.into_bytes());
+        let text = std::str::from_utf8(&chunk).unwrap();
+        let mut records = Records::sharing(Arc::from("s"), at, &chunk, 0);
+        let mut at_byte = 0;
+        for n in 0..count {
+            let start = at_byte + text[at_byte..].find("data: ").unwrap() + 6;
+            records.push(&event(&n.to_string(), &text[start..start + size]));
+            at_byte = start + size;
+        }
+        records.trim_excess();
+        for n in 0..count {
+            assert_eq!(records.get(n).data, data(n));
+        }
+        records.chunk.is_some()
+    }
+
+    #[test]
+    fn small_events_keep_their_chunk_for_what_queues_count_per_record() {
+        // One-byte data: the records' text is a sliver of the chunk, but the
+        // queues count 64 bytes a record on top, which keeps it.
+        assert!(keeps_chunk_of(100, 1));
+        // 60-byte data, 73 bytes an event on the wire: counted a little under
+        // twice the chunk.
+        assert!(keeps_chunk_of(100, 60));
+    }
+
+    #[test]
+    fn room_for_text_that_never_came_is_given_back_and_a_little_spare_kept() {
+        let at = UNIX_EPOCH + Duration::from_secs(1);
+        let mut records = Records::new(Arc::from("s"), at, 100_000);
+        records.push(&event("1", &"x".repeat(2000)));
+        records.trim_excess();
+        let used = records.text.len();
+        assert!(
+            records.text.capacity() < used + used / 4 + 1024,
+            "{}",
+            records.text.capacity()
+        );
+        // Within a quarter and 1 KiB over: not worth a reallocation.
+        let mut records = Records::new(Arc::from("s"), at, 3000);
+        records.push(&event("1", &"x".repeat(2000)));
+        records.trim_excess();
+        assert_eq!(records.text.capacity(), 3000);
+    }
+
     #[test]
     fn a_chunk_the_records_use_little_of_is_let_go() {
         let at = UNIX_EPOCH + Duration::from_secs(1);
