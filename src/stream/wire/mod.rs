@@ -1256,6 +1256,64 @@ mod tests {
         })
     }
 
+    /// Accepts one connection on `listener`, reads the request head if
+    /// `read_request`, and resets the connection (RST, not FIN).
+    async fn reset_one(listener: tokio::net::TcpListener, read_request: bool) {
+        use tokio::io::AsyncReadExt;
+        let (mut socket, _) = listener.accept().await.unwrap();
+        if read_request {
+            let mut request = Vec::new();
+            while !request.ends_with(b"\r\n\r\n") {
+                let mut byte = [0];
+                socket.read_exact(&mut byte).await.unwrap();
+                request.push(byte[0]);
+            }
+        }
+        socket2::SockRef::from(&socket)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(socket);
+    }
+
+    #[test]
+    fn a_reset_connection_is_an_error_not_an_end_or_a_wait() {
+        promptly(a_reset_connection_is_an_error_run());
+    }
+
+    async fn a_reset_connection_is_an_error_run() {
+        // The head: the reset is said, not taken for a close before the answer.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}/s", listener.local_addr().unwrap())).unwrap();
+        let server = tokio::spawn(reset_one(listener, true));
+        let no_headers = HeaderMap::new();
+        let opening = open(&url, &no_headers, Duration::from_secs(5), None);
+        let error = match tokio::time::timeout(Duration::from_secs(10), opening).await {
+            Ok(Err(e)) => e.describe().1,
+            Ok(Ok(_)) => panic!("an answer from a reset connection"),
+            Err(_) => panic!("open hung on a reset connection"),
+        };
+        assert!(error.contains("reset"), "{error}");
+        server.await.unwrap();
+        // A body read off the wire until the server closes: a reset ends it
+        // with an error, where a close would be its end.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(reset_one(listener, false));
+        let mut body = Body {
+            transport: Transport::Plain(TcpStream::connect(address).await.unwrap()),
+            framing: Framing::Close,
+            head_rest: None,
+        };
+        server.await.unwrap();
+        let mut emit = |_: &[u8], _: Option<&Bytes>| panic!("bytes from a reset connection");
+        let read = body.read(&mut emit);
+        match tokio::time::timeout(Duration::from_secs(10), read).await {
+            Ok(Err(e)) => assert!(e.describe().1.contains("reset"), "{}", e.describe().1),
+            Ok(Ok(read)) => panic!("a reset connection read as {read:?}"),
+            Err(_) => panic!("a body read hung on a reset connection"),
+        }
+    }
+
     #[test]
     fn open_sends_the_request_and_reads_the_head_before_a_body_that_comes_later() {
         promptly(open_then_read());
