@@ -601,36 +601,36 @@ mod tests {
         assert_eq!(within(&before, &text[..1]), None);
     }
 
-    #[test]
-    fn a_chunk_that_is_mostly_one_events_data_is_kept() {
+    /// Records of one event of `data` bytes after a comment of `comment`
+    /// bytes, all in one chunk, after `trim_excess`; and the chunk.
+    fn one_event_after_a_comment(comment: usize, data: usize) -> (Records, Bytes) {
         let at = UNIX_EPOCH + Duration::from_secs(1);
-        // The data is what the queues count here: with no record overhead
-        // to speak of, it alone keeps the chunk.
-        let wire = format!(": {}\ndata: {}\n\n", "c".repeat(900), "d".repeat(1000));
+        let wire = format!(": {}\ndata: {}\n\n", "c".repeat(comment), "d".repeat(data));
         let chunk = Bytes::from(wire.into_bytes());
         let text = std::str::from_utf8(&chunk).unwrap();
-        let data = &text[text.len() - 1002..text.len() - 2];
+        let value = &text[text.len() - data - 2..text.len() - 2];
         let mut records = Records::sharing(Arc::from("s"), at, &chunk, 0);
-        records.push(&event("1", data));
+        records.push(&event("1", value));
         records.trim_excess();
+        assert_eq!(records.get(0).data, "d".repeat(data));
+        (records, chunk)
+    }
+
+    #[test]
+    fn a_chunk_that_is_mostly_one_events_data_is_kept() {
+        // The data is what the queues count here: with no record overhead
+        // to speak of, it alone keeps the chunk.
+        let (records, chunk) = one_event_after_a_comment(900, 1000);
         assert!(records.chunk.is_some(), "the chunk was let go");
         assert!(points_into(&chunk, records.get(0).data));
-        assert_eq!(records.get(0).data, "d".repeat(1000));
     }
 
     #[test]
     fn a_chunk_counted_at_under_half_is_let_go() {
-        let at = UNIX_EPOCH + Duration::from_secs(1);
         // 991 bytes; the record counts 6 + 1 + 200 + 64 = 271, under half.
-        let wire = format!(": {}\ndata: {}\n\n", "c".repeat(780), "d".repeat(200));
-        let chunk = Bytes::from(wire.into_bytes());
-        let text = std::str::from_utf8(&chunk).unwrap();
-        let data = &text[text.len() - 202..text.len() - 2];
-        let mut records = Records::sharing(Arc::from("s"), at, &chunk, 0);
-        records.push(&event("1", data));
-        records.trim_excess();
+        let (records, chunk) = one_event_after_a_comment(780, 200);
         assert!(records.chunk.is_none(), "the chunk is still held");
-        assert_eq!(records.get(0).data, "d".repeat(200));
+        assert!(!points_into(&chunk, records.get(0).data));
     }
 
     /// Records of `count` events whose data is `size` bytes, all in one

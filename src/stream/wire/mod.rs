@@ -1256,18 +1256,24 @@ mod tests {
         })
     }
 
+    /// The request head `socket` sends, read byte by byte (nothing past it).
+    async fn request_sent(socket: &mut TcpStream) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut request = Vec::new();
+        while !request.ends_with(b"\r\n\r\n") {
+            let mut byte = [0];
+            socket.read_exact(&mut byte).await.unwrap();
+            request.push(byte[0]);
+        }
+        request
+    }
+
     /// Accepts one connection on `listener`, reads the request head if
     /// `read_request`, and resets the connection (RST, not FIN).
     async fn reset_one(listener: tokio::net::TcpListener, read_request: bool) {
-        use tokio::io::AsyncReadExt;
         let (mut socket, _) = listener.accept().await.unwrap();
         if read_request {
-            let mut request = Vec::new();
-            while !request.ends_with(b"\r\n\r\n") {
-                let mut byte = [0];
-                socket.read_exact(&mut byte).await.unwrap();
-                request.push(byte[0]);
-            }
+            request_sent(&mut socket).await;
         }
         socket2::SockRef::from(&socket)
             .set_linger(Some(Duration::ZERO))
@@ -1320,17 +1326,12 @@ mod tests {
     }
 
     async fn open_then_read() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = Url::parse(&format!("http://{}/s?a=1", listener.local_addr().unwrap())).unwrap();
         let server = tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.unwrap();
-            let mut request = Vec::new();
-            while !request.ends_with(b"\r\n\r\n") {
-                let mut byte = [0];
-                socket.read_exact(&mut byte).await.unwrap();
-                request.push(byte[0]);
-            }
+            let request = request_sent(&mut socket).await;
             socket
                 .write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 10\r\n\r\n")
                 .await
