@@ -235,25 +235,43 @@ impl Transport {
     async fn read(&mut self, take: &mut impl FnMut(&[u8]) -> bool) -> io::Result<usize> {
         match self {
             Transport::Tls(tls) => tls.read(take).await,
-            Transport::Plain(socket) => loop {
-                socket.readable().await?;
-                let read = CHUNK_BUF.with_borrow_mut(|buffer| {
-                    buffer.reserve(READ_BUFFER);
-                    let read = read_ready_into(socket, buffer);
-                    if let Ok(1..) = read {
-                        take(buffer);
+            Transport::Plain(socket) => {
+                read_plain(socket, |bytes| {
+                    if !bytes.is_empty() {
+                        take(bytes);
                     }
-                    buffer.clear();
-                    match read {
-                        // Readiness can be spurious: wait again.
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-                        read => Some(read),
-                    }
-                });
-                if let Some(read) = read {
-                    return read;
-                }
-            },
+                    bytes.len()
+                })
+                .await
+            }
+        }
+    }
+}
+
+/// Waits until `socket` is readable, reads what it has into the thread's
+/// [`CHUNK_BUF`] and lets `take` have it (empty: the server closed the
+/// connection); the buffer is empty again after. Readiness can be spurious:
+/// then it waits again, without calling `take`.
+async fn read_plain<R>(
+    socket: &TcpStream,
+    mut take: impl FnMut(&mut BytesMut) -> R,
+) -> io::Result<R> {
+    loop {
+        socket.readable().await?;
+        let read = CHUNK_BUF.with_borrow_mut(|buffer| {
+            // The whole buffer again if nothing kept a chunk of it (it is
+            // empty: nothing is copied); a new one otherwise.
+            buffer.reserve(READ_BUFFER);
+            debug_assert!(buffer.is_empty());
+            let read = read_ready_into(socket, buffer).map(|_| take(buffer));
+            buffer.clear();
+            match read {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                read => Some(read),
+            }
+        });
+        if let Some(read) = read {
+            return read;
         }
     }
 }
@@ -268,27 +286,11 @@ async fn read_plain_body(
     framing: &mut Framing,
     emit: &mut impl FnMut(&[u8], Option<&Bytes>),
 ) -> Result<(usize, bool), WireError> {
-    loop {
-        socket
-            .readable()
-            .await
-            .map_err(|e| WireError::Body(e.to_string()))?;
-        let read = CHUNK_BUF.with_borrow_mut(|buffer| {
-            // The whole buffer again if nothing kept a chunk of it (it is
-            // empty: nothing is copied); a new one otherwise.
-            buffer.reserve(READ_BUFFER);
-            debug_assert!(buffer.is_empty());
-            match read_ready_into(socket, buffer) {
-                Ok(n) => Some(hand_out(buffer, framing, emit).map(|ended| (n, ended))),
-                // Readiness can be spurious: wait again.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-                Err(e) => Some(Err(WireError::Body(e.to_string()))),
-            }
-        });
-        if let Some(read) = read {
-            return read;
-        }
-    }
+    let read = read_plain(socket, |buffer| {
+        let n = buffer.len();
+        hand_out(buffer, framing, emit).map(|ended| (n, ended))
+    });
+    read.await.map_err(|e| WireError::Body(e.to_string()))?
 }
 
 /// Decodes what was read into `buffer` in place and hands the body's part
