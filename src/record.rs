@@ -314,20 +314,22 @@ impl<'a> RecordRef<'a> {
 
     /// Appends the JSON object (without a line ending).
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"stream\":");
-        write_json_string(self.stream, out);
-        out.extend_from_slice(b",\"id\":");
+        json_head(self.stream, out);
+        self.write_json_middle(|out| json_event(self.event, out), out);
+        json_tail(self.received_at, out);
+    }
+
+    /// The part of the JSON object between [`json_head`] and [`json_tail`]:
+    /// the id, the event type (which `event` writes, see [`json_event`]) and
+    /// the data.
+    fn write_json_middle(&self, event: impl FnOnce(&mut Vec<u8>), out: &mut Vec<u8>) {
         match self.id() {
             Some(id) => write_json_string(id, out),
             None => out.extend_from_slice(b"null"),
         }
-        out.extend_from_slice(b",\"event\":");
-        write_json_string(self.event, out);
+        event(out);
         out.extend_from_slice(b",\"data\":");
         write_json_string(self.data, out);
-        out.extend_from_slice(b",\"received_at\":\"");
-        out.extend_from_slice(self.received_at.as_bytes());
-        out.extend_from_slice(b"\"}");
     }
 
     /// The exact length of what [`RecordRef::write_json`] appends, without
@@ -362,11 +364,12 @@ pub fn encode_all<'a>(
         }
         return;
     }
-    // `{"stream":"…","id":` and `,"received_at":"…"}` + `\n`, for `shared`.
+    // `json_head` and `json_tail` + `\n` of the stream and arrival time in
+    // `shared`.
     let mut head = Vec::new();
     let mut tail = Vec::new();
     let mut shared: Option<(&str, &str)> = None;
-    // `"…"` of the event type `event` was, after `,"event":`.
+    // `json_event` of `event`.
     let mut event_json = Vec::new();
     let mut event: Option<&str> = None;
     for record in records {
@@ -374,31 +377,42 @@ pub fn encode_all<'a>(
             same_str(stream, record.stream) && same_str(at, record.received_at)
         }) {
             head.clear();
-            head.extend_from_slice(b"{\"stream\":");
-            write_json_string(record.stream, &mut head);
-            head.extend_from_slice(b",\"id\":");
+            json_head(record.stream, &mut head);
             tail.clear();
-            tail.extend_from_slice(b",\"received_at\":\"");
-            tail.extend_from_slice(record.received_at.as_bytes());
-            tail.extend_from_slice(b"\"}\n");
+            json_tail(record.received_at, &mut tail);
+            tail.push(b'\n');
             shared = Some((record.stream, record.received_at));
         }
         if !event.is_some_and(|event| same_str(event, record.event)) {
             event_json.clear();
-            event_json.extend_from_slice(b",\"event\":");
-            write_json_string(record.event, &mut event_json);
+            json_event(record.event, &mut event_json);
             event = Some(record.event);
         }
         out.extend_from_slice(&head);
-        match record.id() {
-            Some(id) => write_json_string(id, out),
-            None => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(&event_json);
-        out.extend_from_slice(b",\"data\":");
-        write_json_string(record.data, out);
+        record.write_json_middle(|out| out.extend_from_slice(&event_json), out);
         out.extend_from_slice(&tail);
     }
+}
+
+/// The start of a record's JSON object, up to its id: `{"stream":"…","id":`.
+fn json_head(stream: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"stream\":");
+    write_json_string(stream, out);
+    out.extend_from_slice(b",\"id\":");
+}
+
+/// The event type's member, after the id: `,"event":"…"`.
+fn json_event(event: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(b",\"event\":");
+    write_json_string(event, out);
+}
+
+/// The end of a record's JSON object, after its data:
+/// `,"received_at":"…"}`.
+fn json_tail(received_at: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(b",\"received_at\":\"");
+    out.extend_from_slice(received_at.as_bytes());
+    out.extend_from_slice(b"\"}");
 }
 
 /// Whether two strings are the same string in memory (same address and
