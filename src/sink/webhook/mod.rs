@@ -43,7 +43,7 @@ use crate::auth::Credentials;
 use crate::backoff::Backoff;
 use crate::files::TornTail;
 use crate::http::{redact_url, retry_after, with_tls};
-use crate::record::{write_json_string, Encoding, RecordRef};
+use crate::record::{encode_all, write_json_string, Encoding, RecordRef};
 use crate::sink::sink_type::StartError;
 
 pub const TIMESTAMP_HEADER: &str = "x-sse-relay-timestamp";
@@ -157,9 +157,8 @@ impl WebhookSink {
         let mut body = Vec::with_capacity(size + 1);
         match self.encoding {
             Encoding::Ndjson => {
-                for record in records() {
-                    record.write_json(&mut body);
-                    body.push(b'\n');
+                for delivery in batch {
+                    encode_all(delivery.records(), Encoding::Json, &mut body);
                 }
             }
             // Config validation admits only json and ndjson for webhooks.
