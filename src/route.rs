@@ -312,7 +312,7 @@ mod tests {
         let delivery = next(&mut rx).await;
         let expected: usize = delivery
             .text_lens()
-            .map(|len| len + crate::sink::queue::OVERHEAD)
+            .map(|len| len + crate::record::QUEUE_OVERHEAD)
             .sum();
         assert!(
             delivery.text_lens().all(|len| len >= 10),
@@ -328,7 +328,7 @@ mod tests {
     #[tokio::test]
     async fn a_small_byte_budget_splits_deliveries_and_keeps_their_order() {
         let one = records(&["m"]);
-        let per_record = one.text_len(0) + crate::sink::queue::OVERHEAD;
+        let per_record = one.text_len(0) + crate::record::QUEUE_OVERHEAD;
         // Room for two records' bytes, for ten by count.
         let seen = seven_taken_in_parts(Budget::new(2 * per_record, 10), 2).await;
         assert_eq!(seen, ["1", "2", "3", "4", "5", "6", "7"]);

@@ -16,6 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, Semaphore, SemaphorePermit};
 
 use super::Delivery;
+use crate::record::QUEUE_OVERHEAD;
 
 /// The sink's queue is closed: the daemon is shutting down.
 #[derive(Debug)]
@@ -26,10 +27,6 @@ pub struct Closed;
 /// flight, so reading and writing overlap, and keeps a stream of 16 KiB events
 /// within 20 MiB of RSS (4 MiB measured 20.2 MiB).
 pub const DEFAULT_QUEUE_BYTES: usize = 2 << 20;
-
-/// What one record counts against a budget besides its text (see
-/// [`QUEUE_OVERHEAD`](crate::record::QUEUE_OVERHEAD)).
-pub(crate) const OVERHEAD: usize = crate::record::QUEUE_OVERHEAD;
 
 /// A sink's queue bounds, shared by every stream routed to it.
 #[derive(Debug)]
@@ -78,7 +75,7 @@ impl Budget {
     /// capped at the whole budget so that a record larger than the budget can
     /// still pass, alone.
     pub fn cost(&self, text_len: usize) -> u32 {
-        (text_len + OVERHEAD).min(self.capacity as usize) as u32
+        (text_len + QUEUE_OVERHEAD).min(self.capacity as usize) as u32
     }
 
     /// How many of `delivery`'s first records fit within `bytes` bytes and
@@ -352,8 +349,8 @@ pub(crate) mod tests {
     #[test]
     fn a_record_costs_its_text_and_overhead_capped_at_the_whole_budget() {
         let budget = Budget::new(1000, 10);
-        assert_eq!(budget.cost(0), OVERHEAD as u32);
-        assert_eq!(budget.cost(100), 100 + OVERHEAD as u32);
+        assert_eq!(budget.cost(0), QUEUE_OVERHEAD as u32);
+        assert_eq!(budget.cost(100), 100 + QUEUE_OVERHEAD as u32);
         assert_eq!(budget.cost(5000), 1000, "larger than the budget: all of it");
     }
 
