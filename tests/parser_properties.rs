@@ -12,6 +12,22 @@ use proptest::sample::{select, Index};
 use reference_parser::{RefEvent, RefLimits, Reference};
 use sse_relay::sse::{Event, Limits, Parser, ParserStats};
 
+/// The parser's counts the reference also keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    events: u64,
+    oversized_events: u64,
+}
+
+impl From<ParserStats> for Counts {
+    fn from(s: ParserStats) -> Self {
+        Counts {
+            events: s.events,
+            oversized_events: s.oversized_events,
+        }
+    }
+}
+
 #[global_allocator]
 static HEAP: heap::Counting = heap::Counting;
 
@@ -26,7 +42,7 @@ struct Outcome {
     events: Vec<(String, String, String, Option<u64>)>,
     last_event_id: String,
     retry: Option<u64>,
-    stats: ParserStats,
+    stats: Counts,
 }
 
 fn tuple(e: &Event) -> (String, String, String, Option<u64>) {
@@ -52,14 +68,22 @@ fn run_bodies(limits: Limits, bodies: &[Vec<&[u8]>]) -> Outcome {
             parser.start_connection();
         }
         for chunk in chunks {
+            let (id_before, updates_before) =
+                (parser.last_event_id().to_owned(), parser.stats().id_updates);
             parser.feed(chunk, &mut |e| events.push(tuple(&e)));
+            // The stream looks at the id only when this count moved.
+            assert!(
+                parser.last_event_id() == id_before || parser.stats().id_updates != updates_before,
+                "the id went from {id_before:?} to {:?} and id_updates stayed {updates_before}",
+                parser.last_event_id()
+            );
         }
     }
     Outcome {
         events,
         last_event_id: parser.last_event_id().to_owned(),
         retry: parser.retry(),
-        stats: parser.stats(),
+        stats: parser.stats().into(),
     }
 }
 
@@ -79,7 +103,7 @@ fn reference(limits: Option<Limits>, bodies: &[&[u8]]) -> Outcome {
         events.extend(r.parse_body(body).into_iter().map(ref_tuple));
     }
     Outcome {
-        stats: ParserStats {
+        stats: Counts {
             events: events.len() as u64,
             oversized_events: r.oversized_events,
         },
@@ -339,7 +363,7 @@ fn overlong_data_line_drops_its_event_and_the_next_one_arrives() {
     assert_eq!(out.events, vec![message("next", "1")]);
     assert_eq!(
         out.stats,
-        ParserStats {
+        Counts {
             events: 1,
             oversized_events: 1
         }
@@ -370,7 +394,7 @@ fn overlong_comment_line_drops_nothing() {
     assert_eq!(out.events, vec![message("a\nb", ""), message("c", "")]);
     assert_eq!(
         out.stats,
-        ParserStats {
+        Counts {
             events: 2,
             oversized_events: 0
         }
@@ -414,7 +438,7 @@ fn event_over_max_event_bytes_is_dropped_and_counted() {
     );
     assert_eq!(
         out.stats,
-        ParserStats {
+        Counts {
             events: 1,
             oversized_events: 1
         }
@@ -456,14 +480,14 @@ fn fifty_megabyte_line_in_64k_chunks_is_skipped_and_the_next_event_arrives() {
                 fed += CHUNK;
             }
             parser.feed(b"\n\ndata: next\n\n", &mut emit);
-            (events, parser.stats())
+            (events, Counts::from(parser.stats()))
         });
         // A long comment is harmless; a long field line drops its event.
         let dropped = u64::from(first == "data: ");
         assert_eq!(events, vec![message("next", "3")], "{first:?}");
         assert_eq!(
             stats,
-            ParserStats {
+            Counts {
                 events: 1,
                 oversized_events: dropped
             },
@@ -490,12 +514,12 @@ fn many_data_lines_over_max_event_bytes_are_not_buffered() {
             parser.feed(&block, &mut |e| events.push(tuple(&e)));
         }
         parser.feed(b"\ndata: next\n\n", &mut |e| events.push(tuple(&e)));
-        (events, parser.stats())
+        (events, Counts::from(parser.stats()))
     });
     assert_eq!(events, vec![message("next", "")]);
     assert_eq!(
         stats,
-        ParserStats {
+        Counts {
             events: 1,
             oversized_events: 1
         }

@@ -168,6 +168,9 @@ impl Tracked {
     /// Saves the tracker's checkpoint if it moved. Errors are logged, not fatal:
     /// the next round tries again, and an old checkpoint only means replays.
     pub fn flush(&mut self, store: &CheckpointBackend) {
+        // Before anything is read: an update after this lists the stream for
+        // the next round.
+        self.tracker.unlist();
         // Read before the checkpoint: an update after this makes the next
         // round look again.
         let changes = self.tracker.changes();
@@ -189,6 +192,7 @@ impl Tracked {
             }
             Err(e) => {
                 self.save_errors.inc();
+                self.tracker.list();
                 self.failing
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(
@@ -204,7 +208,7 @@ impl Tracked {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ack::AckTracker;
+    use crate::ack::{AckTracker, ChangeList};
     use std::path::Path;
 
     fn tracked(tracker: &Arc<AckTracker>) -> Tracked {
@@ -246,21 +250,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failing_save_is_counted_and_flagged_until_one_succeeds() {
+    async fn a_failing_save_is_counted_flagged_and_listed_again_until_one_succeeds() {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointBackend::Local(CheckpointStore::open(dir.path()).unwrap());
-        let tracker = Arc::new(AckTracker::new(0, ""));
+        let list = Arc::new(ChangeList::default());
+        let tracker =
+            Arc::new(AckTracker::new(0, "").listing_changes(list.clone(), Arc::from("s")));
         tracker.dispatched_many(1, "7", &[]);
         let mut entry = tracked(&tracker);
+        assert_eq!(list.take().len(), 1);
         // A directory where the file goes: the rename into place fails.
         std::fs::create_dir_all(dir.path().join("checkpoints/s.json/x")).unwrap();
         entry.flush(&store);
         assert_eq!(entry.save_errors.get(), 1);
         assert!(entry.failing.load(std::sync::atomic::Ordering::Relaxed));
         assert_eq!(&*entry.saved, "", "nothing saved");
+        assert_eq!(list.take().len(), 1, "tried again next round");
         std::fs::remove_dir_all(dir.path().join("checkpoints/s.json")).unwrap();
         entry.flush(&store);
         assert!(!entry.failing.load(std::sync::atomic::Ordering::Relaxed));
         assert_eq!(store.load("s").await.unwrap().as_deref(), Some("7"));
+        assert!(
+            list.take().is_empty(),
+            "saved: nothing to do until it moves"
+        );
+        tracker.observe_id("8");
+        assert_eq!(list.take().len(), 1, "a look unlists it");
     }
 }

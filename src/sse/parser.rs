@@ -76,6 +76,11 @@ pub struct ParserStats {
     pub events: u64,
     /// Events dropped because a line or the data exceeded [`Limits`].
     pub oversized_events: u64,
+    /// Times the last event id took a new value (at the dispatch of a block
+    /// whose `id` field differed from the id in effect, or by
+    /// [`Parser::set_last_event_id`]): while this stays the same, so does the
+    /// id, and a caller need not compare it.
+    pub id_updates: u64,
 }
 
 /// The line whose end has not arrived yet, carried from one chunk to the next.
@@ -201,6 +206,7 @@ impl Parser {
         self.last_event_id.clear();
         self.last_event_id.push_str(id);
         self.id_changed = false;
+        self.stats.id_updates += 1;
     }
 
     /// The id to send as `Last-Event-ID` on the next connection (empty: send none).
@@ -578,6 +584,7 @@ impl Parser {
             // The two buffers trade places: the id is not copied again, and
             // `pending_id` keeps a buffer for the next one.
             std::mem::swap(&mut self.last_event_id, &mut self.pending_id);
+            self.stats.id_updates += 1;
         }
         if self.event_too_large {
             self.stats.oversized_events += 1;
@@ -711,6 +718,29 @@ mod tests {
         parser.set_last_event_id("7");
         let got = events(&mut parser, &[b"id: 8\n", b"id: 7\ndata: i\n\n"]);
         assert_eq!(got[0].2, "7");
+    }
+
+    #[test]
+    fn id_updates_count_each_new_last_event_id_and_nothing_else() {
+        let mut parser = Parser::new(ROOMY);
+        let updates = |p: &Parser| p.stats().id_updates;
+        parser.set_last_event_id("1");
+        assert_eq!(updates(&parser), 1);
+        events(
+            &mut parser,
+            &[b": heartbeat\n\ndata: no id\n\nretry: 5\n\n"],
+        );
+        assert_eq!(updates(&parser), 1, "comments, events without ids, retry");
+        events(&mut parser, &[b"id: 2\ndata: a\n\nid: 3\n\nid: 3\n", b"\n"]);
+        assert_eq!(
+            updates(&parser),
+            3,
+            "an event's id and an id-only block; a repeat of the id is no update"
+        );
+        events(&mut parser, &[b"id: 4\ndata: cut off\n"]);
+        parser.start_connection();
+        assert_eq!(updates(&parser), 3, "a block never dispatched sets nothing");
+        assert_eq!(parser.last_event_id(), "3");
     }
 
     #[test]

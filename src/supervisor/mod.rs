@@ -44,7 +44,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::ack::AckTracker;
+use crate::ack::{AckTracker, ChangeList};
 use crate::checkpoint::{CheckpointBackend, CheckpointError, CheckpointStore, Tracked};
 use crate::cluster::Cluster;
 use crate::config::{CheckpointBackendConfig, Config, StreamConfig};
@@ -198,6 +198,7 @@ pub async fn run_with_reload(
         sinks: BTreeMap::new(),
         streams: BTreeMap::new(),
         checkpoints: Arc::new(Mutex::new(BTreeMap::new())),
+        changed: Arc::default(),
         ended_tx,
         generation: 0,
         reopen,
@@ -255,6 +256,9 @@ struct Supervisor<'c> {
     streams: BTreeMap<String, RunningStream>,
     /// Shared with the checkpoint writer.
     checkpoints: Arc<Mutex<BTreeMap<String, Tracked>>>,
+    /// The streams of `checkpoints` to look at next: the trackers list them
+    /// (when checkpoints are stored), the checkpoint writer takes the list.
+    changed: Arc<ChangeList>,
     /// Stream tasks that ended by themselves (204, give-up, panic) report here,
     /// with their generation; [`Supervisor::serve`] receives.
     ended_tx: mpsc::UnboundedSender<(String, u64, Ended)>,
@@ -324,6 +328,7 @@ impl Supervisor<'_> {
         let writer = tokio::spawn(checkpoint_writer(
             self.store.clone(),
             self.checkpoints.clone(),
+            self.changed.clone(),
             self.config.checkpoint_interval,
             writer_stop.clone(),
         ));
@@ -532,7 +537,11 @@ impl Supervisor<'_> {
                 })
             })
             .collect();
-        let tracker = Arc::new(AckTracker::new(routes.len(), resume_from));
+        let mut tracker = AckTracker::new(routes.len(), resume_from);
+        if self.store.is_some() {
+            tracker = tracker.listing_changes(self.changed.clone(), Arc::from(name.as_str()));
+        }
+        let tracker = Arc::new(tracker);
         let router = Router::new(Arc::from(name.as_str()), routes, tracker.clone());
         let metrics = self.metrics.stream(&name);
         let saved_at = metrics.checkpoint_saved.clone();
@@ -657,10 +666,12 @@ async fn wait_acknowledged(tracker: &AckTracker, timeout: Duration) {
     }
 }
 
-/// Saves moved checkpoints every `interval`, and once more when stopped.
+/// Saves moved checkpoints every `interval`, and once more when stopped:
+/// those of the streams listed on `changed`.
 async fn checkpoint_writer(
     store: Option<CheckpointBackend>,
     tracked: Arc<Mutex<BTreeMap<String, Tracked>>>,
+    changed: Arc<ChangeList>,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -675,9 +686,15 @@ async fn checkpoint_writer(
         // Saving fsyncs: keep it off the async workers.
         let store = store.clone();
         let tracked = tracked.clone();
+        let changed = changed.clone();
         let round = tokio::task::spawn_blocking(move || {
-            for t in lock(&tracked).values_mut() {
-                t.flush(&store);
+            let streams = changed.take();
+            let mut tracked = lock(&tracked);
+            for stream in streams {
+                // Gone if the stream was removed since it was listed.
+                if let Some(t) = tracked.get_mut(&*stream) {
+                    t.flush(&store);
+                }
             }
         });
         if let Err(e) = round.await {
