@@ -40,7 +40,7 @@ use crate::metrics::{unix_now, Connection, IdCheckMetrics, StreamMetrics};
 use crate::record::Records;
 use crate::route::Router;
 use crate::sse::Parser;
-use idle::{IdleTimer, Silence};
+use idle::IdleTimer;
 
 /// Why a stream task ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -451,7 +451,7 @@ impl Stream {
         let events_before = self.parser.stats().events;
         let mut oversized_before = self.parser.stats().oversized_events;
         // One timer for the whole body, moved only when it fires (see `idle`).
-        let mut silence = IdleTimer::new(self.config.idle_timeout);
+        let silence = IdleTimer::new(self.config.idle_timeout);
         let idle = silence.sleep();
         tokio::pin!(idle);
         // One wait for shutdown for the whole body: making one per read
@@ -501,21 +501,12 @@ impl Stream {
             };
             // Silence is counted from here, after the last chunk was routed (a
             // full sink can hold that up), as a fresh timeout per read would.
-            silence.start_waiting();
-            let read = {
-                let reading = body.read(&mut emit);
-                tokio::pin!(reading);
-                loop {
-                    tokio::select! {
-                        biased;
-                        _ = &mut stopped => return Attempt::Shutdown,
-                        read = &mut reading => break Ok(read),
-                        () = &mut idle => match silence.rearm(idle.as_mut()) {
-                            Silence::Rearmed => {}
-                            Silence::Over => break Err(()),
-                        },
-                    }
-                }
+            silence.start_waiting(idle.as_mut());
+            let read = tokio::select! {
+                biased;
+                _ = &mut stopped => return Attempt::Shutdown,
+                read = body.read(&mut emit) => Ok(read),
+                () = &mut idle => Err(()),
             };
             self.metrics.bytes.inc_by(body_bytes as u64);
             let oversized = self.parser.stats().oversized_events;
