@@ -450,7 +450,7 @@ impl Stream {
         self.parser.start_connection();
         let events_before = self.parser.stats().events;
         let mut oversized_before = self.parser.stats().oversized_events;
-        // One timer for the whole body, moved only when it fires (see `idle`).
+        // One timer for the whole body, pushed back at every read (see `idle`).
         let silence = IdleTimer::new(self.config.idle_timeout);
         let idle = silence.sleep();
         tokio::pin!(idle);
