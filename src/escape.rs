@@ -10,6 +10,13 @@
 //! at once into a bit mask of the bytes that need escaping, writing straight
 //! into the `Vec`'s spare capacity (its length is set once, at the end):
 //!
+//! * on x86_64 with AVX-512 VBMI2 (detected at run time; Intel since Ice
+//!   Lake, AMD since Zen 4), strings of 32 bytes or more, 32 bytes at a time:
+//!   `pdep` and `pext` turn the block's mask into the output places of its
+//!   bytes, one `vpexpandb` moves them there, and a blend fills the other
+//!   places with `\`; one 64-byte store. On the `large` data (a `"` every 5.5
+//!   bytes) it ran at 20.0 GiB/s against 9.0 for the SSSE3 code below
+//!   (criterion, consecutive runs on one machine);
 //! * on x86_64 with SSSE3 (detected at run time; every x86_64 CPU since about
 //!   2011 has it), 16 bytes at a time: SSE2 compares give the mask, and each
 //!   half block is spread over 16 bytes by one `pshufb`, with a `\` slid in
@@ -43,10 +50,17 @@
 pub fn write_json_string(s: &str, out: &mut Vec<u8>) {
     let bytes = s.as_bytes();
     #[cfg(target_arch = "x86_64")]
-    if bytes.len() >= 16 && std::is_x86_feature_detected!("ssse3") {
-        // SAFETY: SSSE3 is available.
-        unsafe { ssse3::write(bytes, out) };
-        return;
+    if bytes.len() >= 16 {
+        if bytes.len() >= avx512::FROM && avx512::available() {
+            // SAFETY: the features `avx512::write` needs are available.
+            unsafe { avx512::write(bytes, out) };
+            return;
+        }
+        if std::is_x86_feature_detected!("ssse3") {
+            // SAFETY: SSSE3 is available.
+            unsafe { ssse3::write(bytes, out) };
+            return;
+        }
     }
     words::write(bytes, out);
 }
@@ -99,9 +113,9 @@ fn control_extra(b: u8) -> usize {
     (ESCAPES[b as usize] >> 56) as usize - 2
 }
 
-/// Spare capacity a block may need: six bytes out per byte in (16 in), and the
-/// garbage of the last store past that.
-const ROOM: usize = 7 * 16;
+/// Spare capacity a block may need: six bytes out per byte in (32 in, the
+/// AVX-512 block), and the garbage of the last store past that.
+const ROOM: usize = 7 * 32;
 
 /// The capacity to reserve for escaping `n` more bytes: enough for most text,
 /// and for JSON data with a quote every eight bytes, without a second pass to
@@ -249,7 +263,7 @@ mod ssse3 {
         _mm_shuffle_epi8, _mm_storeu_si128, _mm_unpackhi_epi64, _mm_unpacklo_epi64,
     };
 
-    use super::{sse2::classify, words};
+    use super::{sse2::classify, words, Writer};
 
     /// For each mask of the `"` and `\` among 8 bytes: the `pshufb` lanes that
     /// spread the 8 bytes (lanes 0 to 7) over up to 16, each marked one after a
@@ -298,28 +312,37 @@ mod ssse3 {
     /// SSSE3 is available.
     #[target_feature(enable = "ssse3")]
     pub(super) unsafe fn write(bytes: &[u8], out: &mut Vec<u8>) {
-        super::write_with(bytes, out, |bytes, w| {
-            let mut blocks = bytes.chunks_exact(16);
-            for (i, block) in (&mut blocks).enumerate() {
-                w.make_room(bytes.len() - 16 * i);
-                // SAFETY: `block` is 16 bytes long; `make_room` left `ROOM`.
-                w.dst = unsafe { write_block(_mm_loadu_si128(block.as_ptr().cast()), 16, w.dst) };
-            }
-            let tail = blocks.remainder();
-            if !tail.is_empty() {
-                w.make_room(tail.len());
-                let low = words::read(&tail[..tail.len().min(8)]);
-                let high = if tail.len() > 8 {
-                    words::read(&tail[8..])
-                } else {
-                    0
-                };
-                // SAFETY: `make_room` left `ROOM`.
-                w.dst = unsafe {
-                    write_block(_mm_set_epi64x(high as i64, low as i64), tail.len(), w.dst)
-                };
-            }
-        });
+        // SAFETY: SSSE3 is available (the caller guarantees it).
+        super::write_with(bytes, out, |bytes, w| unsafe { escape(bytes, w) });
+    }
+
+    /// Escapes `bytes` (unquoted) at the writer's position.
+    ///
+    /// # Safety
+    ///
+    /// SSSE3 is available (enabled in the caller, into which this is inlined,
+    /// as [`write_block`] is).
+    #[inline(always)]
+    pub(super) unsafe fn escape(bytes: &[u8], w: &mut Writer) {
+        let mut blocks = bytes.chunks_exact(16);
+        for (i, block) in (&mut blocks).enumerate() {
+            w.make_room(bytes.len() - 16 * i);
+            // SAFETY: `block` is 16 bytes long; `make_room` left `ROOM`.
+            w.dst = unsafe { write_block(_mm_loadu_si128(block.as_ptr().cast()), 16, w.dst) };
+        }
+        let tail = blocks.remainder();
+        if !tail.is_empty() {
+            w.make_room(tail.len());
+            let low = words::read(&tail[..tail.len().min(8)]);
+            let high = if tail.len() > 8 {
+                words::read(&tail[8..])
+            } else {
+                0
+            };
+            // SAFETY: `make_room` left `ROOM`.
+            w.dst =
+                unsafe { write_block(_mm_set_epi64x(high as i64, low as i64), tail.len(), w.dst) };
+        }
     }
 
     /// Escapes the first `n` bytes (1 to 16) of `block` into `dst`, and returns
@@ -368,6 +391,99 @@ mod ssse3 {
                 dst = dst.add(len + ONES[mask as usize] as usize);
             }
             dst
+        }
+    }
+}
+
+/// 32-byte blocks with AVX-512's byte expand (`vpexpandb`, VBMI2): Intel
+/// since Ice Lake, AMD since Zen 4. The data of the `large` corpus has a `"`
+/// every 5.5 bytes, so nearly every 8-byte half block of the SSSE3 code has
+/// an escape; here a whole block is one expand and one blend, whatever its
+/// escapes.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use core::arch::x86_64::{
+        _mm256_cmpeq_epi8_mask, _mm256_cmple_epu8_mask, _mm256_loadu_si256, _mm256_set1_epi8,
+        _mm512_castsi256_si512, _mm512_mask_blend_epi8, _mm512_maskz_expand_epi8, _mm512_set1_epi8,
+        _mm512_storeu_si512, _pdep_u64, _pext_u64,
+    };
+
+    use super::{ssse3, words};
+
+    /// The shortest string this code takes: one block. (Its remainder goes
+    /// through the SSSE3 code, inlined here: called out of line, it made the
+    /// `small` corpus' data, 30 to 40 bytes, 13% slower to escape.)
+    pub(super) const FROM: usize = 32;
+
+    /// Whether this CPU has what [`write`] uses (checked once; cached by std).
+    #[inline(always)]
+    pub(super) fn available() -> bool {
+        std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512vbmi2")
+            && std::is_x86_feature_detected!("bmi2")
+    }
+
+    /// Appends `bytes` quoted.
+    ///
+    /// # Safety
+    ///
+    /// [`available`] is true.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi2,bmi2,popcnt,ssse3")]
+    pub(super) unsafe fn write(bytes: &[u8], out: &mut Vec<u8>) {
+        super::write_with(bytes, out, |bytes, w| {
+            let mut blocks = bytes.chunks_exact(32);
+            for (i, block) in (&mut blocks).enumerate() {
+                w.make_room(bytes.len() - 32 * i);
+                // SAFETY: `block` is 32 bytes long; `make_room` left `ROOM`:
+                // 64 bytes stored, or 6 per byte plus a word by the word code.
+                w.dst = unsafe { write_block(block, w.dst) };
+            }
+            // SAFETY: SSSE3 is available (an AVX-512 CPU has it).
+            unsafe { ssse3::escape(blocks.remainder(), w) };
+        });
+    }
+
+    /// Escapes the 32 bytes of `block` into `dst`, and returns the end of
+    /// what it wrote.
+    ///
+    /// # Safety
+    ///
+    /// The features of [`write`], `block` is 32 bytes long, and `ROOM` bytes
+    /// are writable at `dst`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi2,bmi2,popcnt")]
+    unsafe fn write_block(block: &[u8], dst: *mut u8) -> *mut u8 {
+        debug_assert_eq!(block.len(), 32);
+        // SAFETY: `block` holds the 32 bytes loaded; the caller guarantees the
+        // features and the room for the 64-byte store.
+        unsafe {
+            let bytes = _mm256_loadu_si256(block.as_ptr().cast());
+            let quotes = _mm256_cmpeq_epi8_mask(bytes, _mm256_set1_epi8(b'"' as i8));
+            let backslashes = _mm256_cmpeq_epi8_mask(bytes, _mm256_set1_epi8(b'\\' as i8));
+            let controls = _mm256_cmple_epu8_mask(bytes, _mm256_set1_epi8(0x1F));
+            if controls != 0 {
+                // Rare, and some take the 6-byte form: the word code does them.
+                let mut dst = dst;
+                for word in block.chunks_exact(8) {
+                    dst = words::write_word(words::read(word), 8, dst);
+                }
+                return dst;
+            }
+            let escapes = u64::from(quotes | backslashes);
+            // Lay each input byte over two output slots, a `\` slot (even)
+            // kept only before an escape, and its own slot (odd); squeezing out
+            // the unkept slots leaves a bit per output byte that is an input
+            // byte. Its length is the block's output length.
+            const ODD: u64 = 0xAAAA_AAAA_AAAA_AAAA;
+            let kept = ODD | _pdep_u64(escapes, !ODD);
+            let from_input = _pext_u64(ODD, kept);
+            let len = kept.count_ones() as usize;
+            debug_assert_eq!(len, 32 + escapes.count_ones() as usize);
+            let spread = _mm512_maskz_expand_epi8(from_input, _mm512_castsi256_si512(bytes));
+            let out = _mm512_mask_blend_epi8(from_input, _mm512_set1_epi8(b'\\' as i8), spread);
+            _mm512_storeu_si512(dst.cast(), out);
+            dst.add(len)
         }
     }
 }
@@ -520,6 +636,11 @@ mod tests {
         if std::is_x86_feature_detected!("ssse3") {
             // SAFETY: SSSE3 is available.
             paths.push(("ssse3", |b, out| unsafe { ssse3::write(b, out) }));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if avx512::available() {
+            // SAFETY: the features it needs are available.
+            paths.push(("avx512", |b, out| unsafe { avx512::write(b, out) }));
         }
         for (name, write) in paths {
             let mut out = Vec::new();
