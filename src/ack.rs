@@ -70,10 +70,6 @@ struct State {
 #[derive(Debug)]
 pub struct AckTracker {
     state: Mutex<State>,
-    /// Counts the updates that can move the checkpoint (bumped under the
-    /// lock), so that the checkpoint writer passes over a stream whose
-    /// changes did not move it with one load instead of the lock.
-    changes: AtomicU64,
     /// The checkpoint writer's list, if a writer runs.
     listing: Option<Listing>,
     /// Unique to this tracker, i.e. to one run of its stream.
@@ -93,7 +89,6 @@ impl AckTracker {
         static RUNS: AtomicU64 = AtomicU64::new(0);
         AckTracker {
             run: RUNS.fetch_add(1, Ordering::Relaxed),
-            changes: AtomicU64::new(0),
             listing: None,
             state: Mutex::new(State {
                 latest_seq: 0,
@@ -117,8 +112,8 @@ impl AckTracker {
     }
 
     /// The checkpoint writer is about to look at this stream: the next change
-    /// lists it again. Call before reading [`AckTracker::changes`] and the
-    /// checkpoint, so that a change after them is not missed.
+    /// lists it again. Call before reading the checkpoint, so that a change
+    /// after that read is not missed.
     pub fn unlist(&self) {
         if let Some(listing) = &self.listing {
             listing.listed.store(false, Ordering::SeqCst);
@@ -197,22 +192,13 @@ impl AckTracker {
         }
     }
 
-    /// Notes an update; called with the lock held, so a reader that loads
-    /// [`AckTracker::changes`] and then takes the lock sees at least that update.
-    ///
-    /// Sequentially consistent, as are `unlist` and `changes`: either this
-    /// finds the stream unlisted and lists it, or it found it listed before
-    /// the writer's `unlist`, and the writer's `changes` then counts this
-    /// update. A change is never both unlisted and unseen.
+    /// Notes an update that can move the checkpoint; called with the lock
+    /// held. The writer's `unlist` comes before it takes the lock to read the
+    /// checkpoint: an update under the lock before that read is seen by it,
+    /// and one after it finds the stream unlisted and lists it. A change is
+    /// never both unlisted and unseen.
     fn changed(&self) {
-        self.changes.fetch_add(1, Ordering::SeqCst);
         self.list();
-    }
-
-    /// How many updates could have moved the checkpoint so far: while it
-    /// reads the same, [`AckTracker::checkpoint`] does too.
-    pub fn changes(&self) -> u64 {
-        self.changes.load(Ordering::SeqCst)
     }
 
     /// The id a restart may safely resume from.
@@ -390,33 +376,36 @@ mod tests {
     }
 
     #[test]
-    fn a_tracker_without_a_list_only_counts_its_changes() {
+    fn a_tracker_without_a_list_only_tracks() {
         let tracker = AckTracker::new(1, "0");
         tracker.observe_id("1");
         tracker.list();
         tracker.unlist();
-        assert_eq!(tracker.changes(), 1);
         assert!(tracker.listing.is_none());
+        assert_eq!(&*tracker.checkpoint(), "1");
     }
 
     #[test]
-    fn changes_count_every_update_that_can_move_the_checkpoint_and_nothing_else() {
-        let tracker = AckTracker::new(1, "5");
-        let start = tracker.changes();
+    fn every_update_that_can_move_the_checkpoint_lists_the_stream_and_nothing_else() {
+        let list = Arc::new(ChangeList::default());
+        let tracker = AckTracker::new(1, "5").listing_changes(list.clone(), id("s"));
+        list.take();
+        // Each step starts from a look, as the checkpoint writer's.
+        tracker.unlist();
         tracker.observe_id("5");
-        assert_eq!(tracker.changes(), start, "the same id again");
+        assert!(list.take().is_empty(), "the same id again");
+        tracker.unlist();
         tracker.observe_id("6");
-        assert_eq!(tracker.changes(), start + 1);
+        assert_eq!(list.take(), [id("s")]);
+        tracker.unlist();
         let seq = tracker.dispatched_many(1, "7", &[(0, 0)]);
-        assert_eq!(tracker.changes(), start + 2);
+        assert_eq!(list.take(), [id("s")]);
+        tracker.unlist();
         tracker.acknowledge(0, seq, "7");
-        assert_eq!(tracker.changes(), start + 3);
+        assert_eq!(list.take(), [id("s")]);
+        tracker.unlist();
         tracker.acknowledge(0, seq, "7");
-        assert_eq!(
-            tracker.changes(),
-            start + 3,
-            "an acknowledgement seen before"
-        );
+        assert!(list.take().is_empty(), "an acknowledgement seen before");
         assert_eq!(&*tracker.checkpoint(), "7");
     }
 }

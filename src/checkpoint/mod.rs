@@ -153,9 +153,6 @@ pub struct Tracked {
     pub tracker: Arc<crate::ack::AckTracker>,
     /// What is on disk now.
     pub saved: Arc<str>,
-    /// The tracker's [`changes`](crate::ack::AckTracker::changes) when
-    /// `saved` was last found current; `None` before the first look.
-    pub seen_changes: Option<u64>,
     /// Set to the Unix time of each save, for the checkpoint-age metric.
     pub saved_at: crate::metrics::SecondsGauge,
     /// Counts failed saves (`sse_relay_checkpoint_save_errors_total`).
@@ -168,24 +165,16 @@ impl Tracked {
     /// Saves the tracker's checkpoint if it moved. Errors are logged, not fatal:
     /// the next round tries again, and an old checkpoint only means replays.
     pub fn flush(&mut self, store: &CheckpointBackend) {
-        // Before anything is read: an update after this lists the stream for
-        // the next round.
+        // Before the checkpoint is read: an update after this lists the
+        // stream for the next round.
         self.tracker.unlist();
-        // Read before the checkpoint: an update after this makes the next
-        // round look again.
-        let changes = self.tracker.changes();
-        if self.seen_changes == Some(changes) {
-            return;
-        }
         let current = self.tracker.checkpoint();
         if *current == *self.saved {
-            self.seen_changes = Some(changes);
             return;
         }
         match store.save_blocking(&self.stream, &current) {
             Ok(()) => {
                 self.saved = current;
-                self.seen_changes = Some(changes);
                 self.saved_at.set(crate::metrics::unix_now());
                 self.failing
                     .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -216,7 +205,6 @@ mod tests {
             stream: "s".to_owned(),
             tracker: tracker.clone(),
             saved: Arc::from(""),
-            seen_changes: None,
             saved_at: Default::default(),
             save_errors: Default::default(),
             failing: Default::default(),

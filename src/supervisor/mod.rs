@@ -565,7 +565,6 @@ impl Supervisor<'_> {
                     stream: name.clone(),
                     tracker: tracker.clone(),
                     saved,
-                    seen_changes: None,
                     saved_at,
                     save_errors,
                     failing: save_failing,
