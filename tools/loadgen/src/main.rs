@@ -7,7 +7,8 @@
 //!   `benches/parser.rs` parses), pre-framed in `--chunk`-byte HTTP chunks and
 //!   written as fast as the socket takes them; then the response ends. With
 //!   `--once`, a second request for the same corpus gets 204 (an SSE client that
-//!   honours 204 stops, so a relay run ends by itself).
+//!   honours 204 stops, so a relay run ends by itself), and once every corpus
+//!   has been refused so, loadgen exits.
 //! * `GET /idle/{key}`: an idle stream for the scale test: one event
 //!   `id: {key}-{generation}` then a comment every `--heartbeat` (each stream at
 //!   its own phase). With `--drop-after`, the server closes it after that long
@@ -121,6 +122,9 @@ struct Server {
     /// How often `/paced` was served.
     paced_served: Mutex<u64>,
     log: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
+    /// Notified (by the request that got the last 204 of `--once`) when
+    /// every corpus has been served and refused: `serve` waits on it to end.
+    finished: tokio::sync::Notify,
 }
 
 fn main() {
@@ -146,6 +150,7 @@ fn main() {
         corpora,
         paced_served: Mutex::new(0),
         log: Mutex::new(log),
+        finished: tokio::sync::Notify::new(),
         args,
     });
     // Two worker threads at most: the machine it is made for has two cores, and
@@ -195,6 +200,7 @@ async fn serve(server: Arc<Server>) {
     loop {
         tokio::select! {
             _ = &mut deadline => break,
+            _ = server.finished.notified() => break,
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
             _ = flush.tick() => {
@@ -281,6 +287,14 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Server>, mut sock
         };
         if server.args.once && !first {
             let _ = send(&mut socket, b"HTTP/1.1 204 No Content\r\n\r\n").await;
+            let all_refused = server
+                .corpora
+                .values()
+                .all(|(_, served)| *served.lock().unwrap() >= 2);
+            if all_refused {
+                // A stored permit: `serve` may be between waits.
+                server.finished.notify_one();
+            }
             return;
         }
         if send(&mut socket, OK).await.is_ok() {
