@@ -335,17 +335,33 @@ impl<'a> RecordRef<'a> {
     /// The exact length of what [`RecordRef::write_json`] appends, without
     /// encoding: batch size limits are checked before a batch is encoded.
     pub fn json_len(&self) -> usize {
-        // The keys, quotes and punctuation around the values (see `write_json`).
-        const FRAME: usize = r#"{"stream":,"id":,"event":,"data":,"received_at":""}"#.len();
         let id = self.id().map_or(4, json_string_len);
-        FRAME
+        JSON_FRAME
             + self.received_at.len()
             + json_string_len(self.stream)
             + id
             + json_string_len(self.event)
             + json_string_len(self.data)
     }
+
+    /// What [`RecordRef::json_len`] would be if nothing needed escaping: a
+    /// lower bound, from the lengths alone (no pass over the text), for
+    /// sizing a buffer.
+    pub fn json_len_unescaped(&self) -> usize {
+        // Each value's two quotes, or `null` for no id.
+        let id = self.id().map_or(4, |id| id.len() + 2);
+        JSON_FRAME
+            + self.received_at.len()
+            + (self.stream.len() + 2)
+            + id
+            + (self.event.len() + 2)
+            + (self.data.len() + 2)
+    }
 }
+
+/// The keys, quotes and punctuation around a record's values (see
+/// [`RecordRef::write_json`]).
+const JSON_FRAME: usize = r#"{"stream":,"id":,"event":,"data":,"received_at":""}"#.len();
 
 /// Appends `records` in `encoding`, each followed by `\n`: the same bytes as
 /// [`RecordRef::encode`] on each in turn. For JSON, the parts records share
@@ -793,6 +809,17 @@ mod tests {
             r.write_json(&mut out);
             assert_eq!(r.json_len(), out.len(), "{}", String::from_utf8_lossy(&out));
         }
+    }
+
+    #[test]
+    fn json_len_unescaped_is_the_length_without_escapes() {
+        // Nothing to escape: the exact length.
+        for r in [record("42", "plain é"), record("", "")] {
+            assert_eq!(r.json_len_unescaped(), r.json_len());
+        }
+        // Each escape adds to the exact length only: `"` 1 byte, U+0001 5.
+        let r = record("\"q\"", "a\u{1}");
+        assert_eq!(r.json_len_unescaped() + 2 + 5, r.json_len());
     }
 
     #[test]
