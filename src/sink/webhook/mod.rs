@@ -153,8 +153,9 @@ impl WebhookSink {
     /// The request body for `batch`, compressed if configured.
     async fn encode(&self, batch: &[Delivery]) -> io::Result<Bytes> {
         let records = || batch.iter().flat_map(Delivery::records);
-        // Sized from the lengths, not by escaping every record twice: escapes
-        // grow the buffer at most once or twice.
+        // Sized from the lengths, not by escaping every record a second time
+        // to count it: the few escapes of usual data grow the buffer once at
+        // most (data of control characters, six bytes each, a few times).
         let room: usize = records().map(|r| r.json_len_unescaped() + 1).sum();
         let mut body = Vec::with_capacity(room + 1);
         match self.encoding {
