@@ -9,24 +9,8 @@ mod reference_parser;
 
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
-use reference_parser::{RefEvent, RefLimits, Reference};
-use sse_relay::sse::{Event, Limits, Parser, ParserStats};
-
-/// The parser's counts the reference also keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Counts {
-    events: u64,
-    oversized_events: u64,
-}
-
-impl From<ParserStats> for Counts {
-    fn from(s: ParserStats) -> Self {
-        Counts {
-            events: s.events,
-            oversized_events: s.oversized_events,
-        }
-    }
-}
+use reference_parser::{Counts, RefEvent, RefLimits, Reference};
+use sse_relay::sse::{Event, Limits, Parser};
 
 #[global_allocator]
 static HEAP: heap::Counting = heap::Counting;

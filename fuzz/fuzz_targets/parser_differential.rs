@@ -15,13 +15,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sse_relay::sse::{Limits, Parser, ParserStats};
+use sse_relay::sse::{Limits, Parser};
 
 #[path = "../../tests/support/reference_parser.rs"]
 #[allow(dead_code)]
 mod reference_parser;
 
-use reference_parser::{RefLimits, Reference};
+use reference_parser::{Counts, RefLimits, Reference};
 
 type Tuple = (String, String, String, Option<u64>);
 
@@ -30,7 +30,7 @@ struct Outcome {
     events: Vec<Tuple>,
     last_event_id: String,
     retry: Option<u64>,
-    stats: ParserStats,
+    stats: Counts,
 }
 
 /// Feeds each body's chunks, with `start_connection` between bodies.
@@ -42,6 +42,8 @@ fn run(limits: Limits, bodies: &[Vec<&[u8]>]) -> Outcome {
             parser.start_connection();
         }
         for chunk in chunks {
+            let (id_before, updates_before) =
+                (parser.last_event_id().to_owned(), parser.stats().id_updates);
             parser.feed(chunk, &mut |e| {
                 events.push((
                     e.event.to_string(),
@@ -50,13 +52,19 @@ fn run(limits: Limits, bodies: &[Vec<&[u8]>]) -> Outcome {
                     e.retry,
                 ))
             });
+            // The stream looks at the id only when this count moved.
+            assert!(
+                parser.last_event_id() == id_before || parser.stats().id_updates != updates_before,
+                "the id went from {id_before:?} to {:?} and id_updates stayed {updates_before}",
+                parser.last_event_id()
+            );
         }
     }
     Outcome {
         events,
         last_event_id: parser.last_event_id().to_owned(),
         retry: parser.retry(),
-        stats: parser.stats(),
+        stats: parser.stats().into(),
     }
 }
 
@@ -74,7 +82,7 @@ fn reference(limits: Option<Limits>, bodies: &[&[u8]]) -> Outcome {
         );
     }
     Outcome {
-        stats: ParserStats {
+        stats: Counts {
             events: events.len() as u64,
             oversized_events: r.oversized_events,
         },

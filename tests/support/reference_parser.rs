@@ -15,6 +15,25 @@
 
 use std::ops::Range;
 
+use sse_relay::sse::ParserStats;
+
+/// The counts the reference keeps (see [`Reference::oversized_events`]), as
+/// the parser's [`ParserStats`] has them: what the two are compared on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub events: u64,
+    pub oversized_events: u64,
+}
+
+impl From<ParserStats> for Counts {
+    fn from(s: ParserStats) -> Self {
+        Counts {
+            events: s.events,
+            oversized_events: s.oversized_events,
+        }
+    }
+}
+
 /// A dispatched event: type, data, id, and the `retry` of its own block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefEvent {
