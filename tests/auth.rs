@@ -131,7 +131,10 @@ async fn a_token_file_rotated_before_the_server_switches_is_used_at_the_next_con
     // once the new one has come.
     const NEW: &str = "Bearer new-token-2222";
     accepted.lock().unwrap().push(NEW.to_owned());
-    std::fs::write(&token, "new-token-2222\n").unwrap();
+    // Replaced whole, as rotation tools do: a read never sees it half written.
+    let staged = token.with_extension("staged");
+    std::fs::write(&staged, "new-token-2222\n").unwrap();
+    std::fs::rename(&staged, &token).unwrap();
     let rotated = Instant::now();
     let deadline = rotated + Duration::from_secs(10);
     while !vendor
