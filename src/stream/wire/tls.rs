@@ -354,3 +354,117 @@ fn append<E: std::fmt::Display>(
 fn tls_error(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::super::READ_BUFFER;
+    use super::*;
+
+    /// TLS 1.3 adds this much to each record: a 5-byte header, the inner
+    /// content type and a 16-byte AEAD tag.
+    const RECORD_OVERHEAD: usize = 22;
+
+    #[test]
+    fn a_read_that_filled_the_buffer_with_records_and_emptied_the_socket_waits_for_more() {
+        crate::test_deadline::promptly("the lean TLS client", || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(filled_then_waits())
+        });
+    }
+
+    async fn filled_then_waits() {
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+        let mut server_config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .unwrap();
+        // No session tickets: after the handshake only these records come.
+        server_config.send_tls13_tickets = 0;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+        // Records whose bytes on the wire add up to the thread's whole read
+        // buffer: 15 full ones and one that makes up the rest.
+        let full = 16 << 10;
+        let last = READ_BUFFER - 15 * (full + RECORD_OVERHEAD) - RECORD_OVERHEAD;
+        let plaintext = 15 * full + last;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (written, all_written) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(socket).await.unwrap();
+            let mut request = [0u8; 4];
+            tokio::io::AsyncReadExt::read_exact(&mut tls, &mut request)
+                .await
+                .unwrap();
+            for size in std::iter::repeat_n(full, 15).chain([last]) {
+                tls.write_all(&vec![b'x'; size]).await.unwrap();
+                tls.flush().await.unwrap();
+            }
+            written.send(()).unwrap();
+            // Written while the client waits on the readiness that the full
+            // read left set, which finds nothing.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            tls.write_all(b"end").await.unwrap();
+            tls.shutdown().await.unwrap();
+        });
+
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        // Room in the socket for all of it, so that one read takes it whole.
+        socket.set_recv_buffer_size(4 << 20).unwrap();
+        let socket = socket.connect(address).await.unwrap();
+        let pem = certified.cert.pem();
+        let config = client_config(Some((Path::new("ca.pem"), pem.as_bytes()))).unwrap();
+        let name = server_name(url::Host::Ipv4([127, 0, 0, 1].into())).unwrap();
+        let mut tls = TlsSocket::connect(socket, config, name, b"GET ")
+            .await
+            .unwrap();
+        // Everything has arrived before the first read (the receive window
+        // opens as the bytes come, so the last of them may take a moment).
+        all_written.await.unwrap();
+        let mut probe = vec![0; READ_BUFFER + 1];
+        while tls.socket.peek(&mut probe).await.unwrap() < READ_BUFFER {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut got = Vec::new();
+        let mut take = |bytes: &[u8]| {
+            got.extend_from_slice(bytes);
+            true
+        };
+        let wire = tls.read(&mut take).await.unwrap();
+        assert_eq!(wire, READ_BUFFER, "the first read was to fill the buffer");
+        assert_eq!(got.len(), plaintext);
+        got.clear();
+        let mut take = |bytes: &[u8]| {
+            got.extend_from_slice(bytes);
+            true
+        };
+        // Not an end, not an error: a wait for the next record.
+        let wire = tls.read(&mut take).await.unwrap();
+        // Its record, and maybe the close_notify alert behind it (24 bytes).
+        assert!(
+            [3 + RECORD_OVERHEAD, 3 + RECORD_OVERHEAD + 24].contains(&wire),
+            "{wire}"
+        );
+        assert_eq!(got, b"end");
+        let mut take = |_: &[u8]| true;
+        assert_eq!(
+            tls.read(&mut take).await.unwrap(),
+            0,
+            "close_notify ends it"
+        );
+        server.await.unwrap();
+    }
+}
