@@ -357,9 +357,11 @@ fn tls_error(e: impl std::fmt::Display) -> io::Error {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
     use std::time::Duration;
 
     use tokio::io::AsyncWriteExt;
+    use tokio_rustls::server::TlsStream;
 
     use super::super::READ_BUFFER;
     use super::*;
@@ -368,18 +370,26 @@ mod tests {
     /// content type and a 16-byte AEAD tag.
     const RECORD_OVERHEAD: usize = 22;
 
-    #[test]
-    fn a_read_that_filled_the_buffer_with_records_and_emptied_the_socket_waits_for_more() {
-        crate::test_deadline::promptly("the lean TLS client", || {
+    fn promptly(test: impl Future<Output = ()> + Send + 'static) {
+        crate::test_deadline::promptly("the lean TLS client", move || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(filled_then_waits())
+                .block_on(test)
         });
     }
 
-    async fn filled_then_waits() {
+    /// A TLS 1.3 server on loopback (a fresh certificate, no session
+    /// tickets: after the handshake only what `serve` writes comes) that
+    /// reads the 4-byte request `GET ` and then runs `serve`; and a lean
+    /// client connected to it, the request sent, with room in its socket for
+    /// far more than the thread's read buffer.
+    async fn connected<F, Fut>(serve: F) -> (TlsSocket, tokio::task::JoinHandle<()>)
+    where
+        F: FnOnce(TlsStream<TcpStream>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
         let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
         let key =
             rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
@@ -391,17 +401,10 @@ mod tests {
         .with_no_client_auth()
         .with_single_cert(vec![certified.cert.der().clone()], key)
         .unwrap();
-        // No session tickets: after the handshake only these records come.
         server_config.send_tls13_tickets = 0;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
-        // Records whose bytes on the wire add up to the thread's whole read
-        // buffer: 15 full ones and one that makes up the rest.
-        let full = 16 << 10;
-        let last = READ_BUFFER - 15 * (full + RECORD_OVERHEAD) - RECORD_OVERHEAD;
-        let plaintext = 15 * full + last;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let (written, all_written) = tokio::sync::oneshot::channel();
         let server = tokio::spawn(async move {
             let (socket, _) = listener.accept().await.unwrap();
             let mut tls = acceptor.accept(socket).await.unwrap();
@@ -409,6 +412,43 @@ mod tests {
             tokio::io::AsyncReadExt::read_exact(&mut tls, &mut request)
                 .await
                 .unwrap();
+            assert_eq!(&request, b"GET ");
+            serve(tls).await;
+        });
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4 << 20).unwrap();
+        let socket = socket.connect(address).await.unwrap();
+        let pem = certified.cert.pem();
+        let config = client_config(Some((Path::new("ca.pem"), pem.as_bytes()))).unwrap();
+        let name = server_name(url::Host::Ipv4([127, 0, 0, 1].into())).unwrap();
+        let tls = TlsSocket::connect(socket, config, name, b"GET ")
+            .await
+            .unwrap();
+        (tls, server)
+    }
+
+    /// Waits until `bytes` have arrived in the client's socket (the receive
+    /// window opens as they come, so the last of them may take a moment).
+    async fn arrived(tls: &TlsSocket, bytes: usize) {
+        let mut probe = vec![0; bytes + 1];
+        while tls.socket.peek(&mut probe).await.unwrap() < bytes {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[test]
+    fn a_read_that_filled_the_buffer_with_records_and_emptied_the_socket_waits_for_more() {
+        promptly(filled_then_waits());
+    }
+
+    async fn filled_then_waits() {
+        // Records whose bytes on the wire add up to the thread's whole read
+        // buffer: 15 full ones and one that makes up the rest.
+        let full = 16 << 10;
+        let last = READ_BUFFER - 15 * (full + RECORD_OVERHEAD) - RECORD_OVERHEAD;
+        let plaintext = 15 * full + last;
+        let (written, all_written) = tokio::sync::oneshot::channel();
+        let (mut tls, server) = connected(move |mut tls| async move {
             for size in std::iter::repeat_n(full, 15).chain([last]) {
                 tls.write_all(&vec![b'x'; size]).await.unwrap();
                 tls.flush().await.unwrap();
@@ -419,25 +459,11 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(300)).await;
             tls.write_all(b"end").await.unwrap();
             tls.shutdown().await.unwrap();
-        });
-
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        // Room in the socket for all of it, so that one read takes it whole.
-        socket.set_recv_buffer_size(4 << 20).unwrap();
-        let socket = socket.connect(address).await.unwrap();
-        let pem = certified.cert.pem();
-        let config = client_config(Some((Path::new("ca.pem"), pem.as_bytes()))).unwrap();
-        let name = server_name(url::Host::Ipv4([127, 0, 0, 1].into())).unwrap();
-        let mut tls = TlsSocket::connect(socket, config, name, b"GET ")
-            .await
-            .unwrap();
-        // Everything has arrived before the first read (the receive window
-        // opens as the bytes come, so the last of them may take a moment).
+        })
+        .await;
+        // Everything has arrived before the first read.
         all_written.await.unwrap();
-        let mut probe = vec![0; READ_BUFFER + 1];
-        while tls.socket.peek(&mut probe).await.unwrap() < READ_BUFFER {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        arrived(&tls, READ_BUFFER).await;
         let mut got = Vec::new();
         let mut take = |bytes: &[u8]| {
             got.extend_from_slice(bytes);
@@ -465,6 +491,58 @@ mod tests {
             0,
             "close_notify ends it"
         );
+        server.await.unwrap();
+    }
+
+    #[test]
+    fn a_buffer_too_small_for_the_held_part_and_a_read_grows_to_hold_both() {
+        promptly(buffer_grows());
+    }
+
+    async fn buffer_grows() {
+        // One record, and the second when the client has read the first.
+        let (go, again) = tokio::sync::oneshot::channel();
+        let (mut tls, server) = connected(|mut tls| async move {
+            tls.write_all(b"data: hello\n\n").await.unwrap();
+            tls.flush().await.unwrap();
+            again.await.unwrap();
+            tls.write_all(b"data: again\n\n").await.unwrap();
+            tls.flush().await.unwrap();
+        })
+        .await;
+        let record = 13 + RECORD_OVERHEAD;
+        // Each record's header came in an earlier read, as a cut record's
+        // start does: it is held, to be fed again ahead of the rest.
+        let mut header = [0u8; 5];
+        let mut got = Vec::new();
+        let mut read_one = async |tls: &mut TlsSocket, buffer: &mut Vec<u8>| {
+            arrived(tls, record).await;
+            assert_eq!(tls.socket.try_read(&mut header).unwrap(), 5);
+            tls.held = header.to_vec();
+            got.clear();
+            let mut take = |bytes: &[u8]| {
+                got.extend_from_slice(bytes);
+                true
+            };
+            let read = tls.read_and_process(buffer, &mut take, &mut None);
+            assert_eq!(read.unwrap().unwrap(), record - 5);
+            assert!(tls.held.is_empty(), "the record was whole: nothing is held");
+            got.clone()
+        };
+        // A thread buffer smaller than the held part plus a read's room
+        // grows to hold both.
+        let mut small = vec![0; 3];
+        assert_eq!(read_one(&mut tls, &mut small).await, b"data: hello\n\n");
+        assert_eq!(
+            small.len(),
+            5 + MIN_READ,
+            "room for the held part and a read"
+        );
+        // One with room enough is left as it is.
+        go.send(()).unwrap();
+        let mut roomy = vec![0; 2 * MIN_READ];
+        assert_eq!(read_one(&mut tls, &mut roomy).await, b"data: again\n\n");
+        assert_eq!(roomy.len(), 2 * MIN_READ);
         server.await.unwrap();
     }
 }
