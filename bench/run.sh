@@ -75,6 +75,17 @@ LDCLIENT=$ROOT/target/release/ld-client
 
 record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RESULTS"; }
 
+# clock VAR COMMAND...: runs COMMAND and sets VAR to its wall-clock seconds,
+# to the microsecond (/usr/bin/time's %e counts in 10 ms steps, too coarse
+# for whole processes of 0.1-0.3 s). Every whole process is timed this way,
+# around the same /usr/bin/time wrapper, so each pays the same overhead.
+clock() {
+  local var=$1 start=$EPOCHREALTIME
+  shift
+  "$@"
+  printf -v "$var" '%s' "$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.6f", b - a }')"
+}
+
 # The CPU process PID uses over the next IDLE_WINDOW seconds, in % of one core
 # (user and system time from /proc/PID/stat).
 idle_cpu_pct() {
@@ -133,8 +144,9 @@ EOF
       # Every timed run starts without a backlog of dirty pages from the last
       # one (the kernel would throttle this run's writes for it).
       sync
-      /usr/bin/time -f '%e %M' -o "$dir/time" timeout 300 "$RELAY" run --config "$dir/relay.toml" >"$dir/relay.log" 2>&1
-      read -r secs rss_kib <"$dir/time"
+      clock secs /usr/bin/time -f '%M' -o "$dir/time" \
+        timeout 300 "$RELAY" run --config "$dir/relay.toml" >"$dir/relay.log" 2>&1
+      read -r rss_kib <"$dir/time"
       lines=$(wc -l <"$dir/out.jsonl")
       if [ "$lines" -ne "$n" ]; then echo "sse-relay $corpus: $lines records, expected $n"; exit 1; fi
       bytes=$(stat -c %s "$dir/out.jsonl")
@@ -164,16 +176,16 @@ PY
       record "e2e.$corpus.curl.seconds" "$run" "$csecs"
       # curl again, writing the body to a file as the relay writes its records.
       sync
-      /usr/bin/time -f '%e' -o "$dir/curl-file.time" \
+      clock curl_secs /usr/bin/time -f '%M' -o "$dir/curl-file.time" \
         curl -sN -o "$dir/curl.body" -w '%{time_total}\n' "http://$LG_ADDR/corpus/$corpus" >"$dir/curl-file"
       rm -f "$dir/curl.body"
       record "e2e.$corpus.curl_file.seconds" "$run" "$(cat "$dir/curl-file")"
-      record "e2e.$corpus.curl_file.process_seconds" "$run" "$(cat "$dir/curl-file.time")"
+      record "e2e.$corpus.curl_file.process_seconds" "$run" "$curl_secs"
       record "e2e.$corpus.body_bytes" "$run" "$cbytes"
-      /usr/bin/time -f '%e' -o "$dir/ld.time" \
+      clock ld_secs /usr/bin/time -f '%M' -o "$dir/ld.time" \
         timeout 300 "$LDCLIENT" --events "$n" "http://$LG_ADDR/corpus/$corpus" >"$dir/ld"
       record "e2e.$corpus.ld.seconds" "$run" "$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' "$dir/ld")"
-      record "e2e.$corpus.ld.process_seconds" "$run" "$(cat "$dir/ld.time")"
+      record "e2e.$corpus.ld.process_seconds" "$run" "$ld_secs"
       kill "$LG_PID" 2>/dev/null || true
       wait "$LG_PID" 2>/dev/null || true
     done

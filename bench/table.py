@@ -100,7 +100,7 @@ for corpus in ["small", "large"]:
             + (f" (to a file: {body / curl_file / 1e6:,.0f} MB/s)" if curl_file else "")
             + f"; launchdarkly {ld_eps / 1e6:.2f}M events/s "
             f"({body / ld / 1e6:,.0f} MB/s); peak RSS {rss / 1024:.1f} MiB; whole sse-relay "
-            f"process {process:.2f} s ({n / process / 1e6:.2f}M events/s, {body / process / 1e6:,.0f} MB/s)")
+            f"process {process:.3f} s ({n / process / 1e6:.2f}M events/s, {body / process / 1e6:,.0f} MB/s)")
     if corpus == "small":
         row("end to end small (file sink)", text, ">= 2x launchdarkly events/s",
             f"{relay_eps / ld_eps:.2f}x: " + ok(relay_eps >= 2 * ld_eps))
@@ -109,7 +109,7 @@ for corpus in ["small", "large"]:
             f"{curl / relay * 100:.0f}%: " + ok(curl / relay >= 0.5)
             + (f" ({curl_file / relay * 100:.0f}% of curl writing a file)" if curl_file else ""))
     # Whole processes, as a user runs them: start to exit, each peer timed the
-    # same way (/usr/bin/time) in the same interleaved runs.
+    # same way (bash's clock around /usr/bin/time) in the same interleaved runs.
     ld_process = med(f"e2e.{corpus}.ld.process_seconds")
     curl_process = med(f"e2e.{corpus}.curl_file.process_seconds")
     if corpus == "small" and ld_process:
