@@ -66,14 +66,19 @@ pub fn redact_url(url: &Url) -> String {
     url.to_string()
 }
 
-/// A URL given as text (a NATS server list, say) as logs may show it: the
-/// user-info part dropped; text that does not parse keeps only its scheme.
+/// A URL given as text (a NATS server list, say) as logs may show it: as
+/// [`redact_url`] shows it; text that does not parse as a URL with a host
+/// keeps only its scheme and host, so no user info, path or query of a
+/// mistyped URL reaches a log or an error.
 pub fn redact_url_text(text: &str) -> String {
     match Url::parse(text) {
         Ok(url) if url.has_host() => redact_url(&url),
         _ => match text.split_once("://") {
             Some((scheme, rest)) => {
-                let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+                let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+                let host = authority
+                    .rsplit_once('@')
+                    .map_or(authority, |(_, host)| host);
                 format!("{scheme}://{host}")
             }
             None => "(unparsable URL)".to_owned(),
@@ -170,6 +175,25 @@ mod tests {
         assert_eq!(redact_url_text("nats://u@host:4222"), "nats://host:4222");
         assert!(!redact_url_text("weird://u:secret@@x").contains("secret"));
         assert_eq!(redact_url_text("no scheme secret"), "(unparsable URL)");
+        // A URL that parses is shown as `redact_url` shows it: its path and
+        // harmless query kept, its secret query parameters masked.
+        assert_eq!(
+            redact_url_text("https://h.example/events?topic=x"),
+            "https://h.example/events?topic=x"
+        );
+        let shown = redact_url_text("nats://u:p@host:4222/?token=abc");
+        assert!(
+            !shown.contains("abc") && shown.contains("host:4222"),
+            "{shown}"
+        );
+        // One without a host (user info read as a path) is not shown at all.
+        assert_eq!(redact_url_text("nats:user:secret@host"), "(unparsable URL)");
+        // One that does not parse (a port out of range) loses its path and
+        // query with its user info.
+        assert_eq!(
+            redact_url_text("nats://u:p@host:99999/x?token=abc#f"),
+            "nats://host:99999"
+        );
     }
 
     #[test]
@@ -182,20 +206,53 @@ mod tests {
 
     #[test]
     fn body_previews_are_short_and_masked() {
-        let secret = b"s3cr3t-token-value";
-        let body = format!(
-            "echo: Authorization: Bearer s3cr3t-token-value\n{}",
-            "x".repeat(1000)
-        );
-        let shown = body_preview(body.as_bytes(), &[secret]);
-        assert!(!shown.contains("s3cr3t"), "{shown}");
-        assert!(shown.contains("Bearer REDACTED"), "{shown}");
-        assert!(shown.contains("\\n"), "{shown}");
-        assert!(shown.len() < BODY_PREVIEW_BYTES + 40, "{}", shown.len());
-        assert!(shown.ends_with("(1047 bytes in all)"), "{shown}");
-        // Cut inside the secret: its visible start is masked as well.
-        let body = format!("{}s3cr3t-token-value", "y".repeat(BODY_PREVIEW_BYTES - 8));
-        let shown = body_preview(body.as_bytes(), &[secret]);
-        assert!(!shown.contains("s3cr3t"), "{shown}");
+        // Within a deadline: a scan that stopped moving would loop forever.
+        crate::test_deadline::promptly("body_preview", || {
+            let secret = b"s3cr3t-token-value";
+            let body = format!(
+                "echo: Authorization: Bearer s3cr3t-token-value\n{}",
+                "x".repeat(1000)
+            );
+            let shown = body_preview(body.as_bytes(), &[secret]);
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+            assert!(shown.contains("Bearer REDACTED"), "{shown}");
+            assert!(shown.contains("\\n"), "{shown}");
+            assert!(shown.len() < BODY_PREVIEW_BYTES + 40, "{}", shown.len());
+            assert!(shown.ends_with("(1047 bytes in all)"), "{shown}");
+            // A body within the preview is shown whole, without a count; text
+            // that is not a control character is left as it is.
+            assert_eq!(
+                body_preview("café \"ok\"\t".as_bytes(), &[]),
+                "café \"ok\"\\t"
+            );
+            let whole = "w".repeat(BODY_PREVIEW_BYTES);
+            assert_eq!(body_preview(whole.as_bytes(), &[]), whole);
+            // An end that is no part of a secret is shown as it is.
+            assert!(
+                shown.ends_with("xxxxxxxxxxxxxxxxxxxx… (1047 bytes in all)"),
+                "{shown}"
+            );
+            // Cut inside the secret: it is masked whole before the cut.
+            let body = format!("{}s3cr3t-token-value", "y".repeat(BODY_PREVIEW_BYTES - 8));
+            let shown = body_preview(body.as_bytes(), &[secret]);
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+            // The start of a secret that the body does not carry whole (an echo
+            // cut short) is masked where the preview's end leaves it.
+            let body = format!("{}s3cr3t-tok…", "y".repeat(BODY_PREVIEW_BYTES - 8));
+            let shown = body_preview(body.as_bytes(), &[secret]);
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+            assert!(shown.contains("yREDACTED"), "{shown}");
+            // Of a short secret, all but its last byte is enough to mask; of a
+            // long one, four bytes are, and fewer are shown.
+            let cut_at =
+                |tail: &str| format!("{}{tail}zzzz", "y".repeat(BODY_PREVIEW_BYTES - tail.len()));
+            let shown = body_preview(cut_at("pin").as_bytes(), &[b"pin9"]);
+            let masked = format!("{}REDACTED… (304 bytes in all)", "y".repeat(297));
+            assert_eq!(shown, masked);
+            let shown = body_preview(cut_at("pi").as_bytes(), &[b"pin9"]);
+            assert!(shown.ends_with("ypi… (304 bytes in all)"), "{shown}");
+            let shown = body_preview(cut_at("s3c").as_bytes(), &[secret]);
+            assert!(shown.ends_with("ys3c… (304 bytes in all)"), "{shown}");
+        });
     }
 }
