@@ -1248,7 +1248,7 @@ mod tests {
     /// Runs `test` on a runtime of its own thread under
     /// [`crate::test_deadline::promptly`]: a read loop that never yields
     /// cannot be stopped by a tokio timeout, and must not hang the suite.
-    fn promptly(test: impl std::future::Future<Output = ()> + Send + 'static) {
+    pub(super) fn promptly(test: impl std::future::Future<Output = ()> + Send + 'static) {
         crate::test_deadline::promptly("the lean client", move || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()

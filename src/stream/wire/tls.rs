@@ -363,22 +363,13 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio_rustls::server::TlsStream;
 
+    use super::super::tests::promptly;
     use super::super::READ_BUFFER;
     use super::*;
 
     /// TLS 1.3 adds this much to each record: a 5-byte header, the inner
     /// content type and a 16-byte AEAD tag.
     const RECORD_OVERHEAD: usize = 22;
-
-    fn promptly(test: impl Future<Output = ()> + Send + 'static) {
-        crate::test_deadline::promptly("the lean TLS client", move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(test)
-        });
-    }
 
     /// A TLS 1.3 server on loopback (a fresh certificate, no session
     /// tickets: after the handshake only what `serve` writes comes) that
